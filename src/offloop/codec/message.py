@@ -1,0 +1,156 @@
+"""Thrift messages to and from bytes, sans-I/O, on thriftpy2's codecs.
+
+Binary protocol uses thriftpy2's Cython codec (``TCyBinaryProtocol`` over ``TCyMemoryBuffer``);
+compact uses thriftpy2's ``TCompactProtocol``. Every function here takes or returns the bytes of
+one message (a frame body, without its length prefix) and never touches a socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from thriftpy2.protocol.compact import TCompactProtocol
+from thriftpy2.protocol.cybin import TCyBinaryProtocol
+from thriftpy2.thrift import TApplicationException, TMessageType
+from thriftpy2.transport.memory import TCyMemoryBuffer
+
+from offloop.errors import RemoteProtocolError
+from offloop.idl import MethodInfo
+
+__all__ = [
+    "CALL",
+    "EXCEPTION",
+    "ONEWAY",
+    "REPLY",
+    "Header",
+    "MessageCodec",
+    "ProtocolName",
+]
+
+CALL: int = TMessageType.CALL
+REPLY: int = TMessageType.REPLY
+EXCEPTION: int = TMessageType.EXCEPTION
+ONEWAY: int = TMessageType.ONEWAY
+
+ProtocolName = Literal["binary", "compact"]
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The header of a Thrift message: method name, message type and sequence id."""
+
+    name: str
+    type: int
+    seqid: int
+
+
+class MessageCodec:
+    """Encodes and decodes whole Thrift messages for one protocol.
+
+    Args:
+        protocol: ``"binary"`` (strict, the Apache default) or ``"compact"``.
+    """
+
+    def __init__(self, protocol: ProtocolName = "binary") -> None:
+        if protocol not in ("binary", "compact"):
+            raise ValueError(f"unknown Thrift protocol {protocol!r}: use 'binary' or 'compact'")
+        self.protocol = protocol
+
+    def _proto(self, buf: Any) -> Any:
+        if self.protocol == "binary":
+            return TCyBinaryProtocol(buf)
+        return TCompactProtocol(buf)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read_header(self, data: bytes) -> Header:
+        """Read only the header of a message.
+
+        Raises:
+            RemoteProtocolError: the bytes are not a Thrift message of this protocol.
+        """
+        try:
+            name, mtype, seqid = self._proto(TCyMemoryBuffer(data)).read_message_begin()
+        except Exception as exc:
+            raise RemoteProtocolError(f"not a {self.protocol} Thrift message: {exc}") from exc
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return Header(name, int(mtype), int(seqid))
+
+    def decode_args(self, data: bytes, method: MethodInfo) -> tuple[Header, Any]:
+        """Decode a call message into its header and ``<method>_args`` struct.
+
+        Raises:
+            RemoteProtocolError: the message is malformed or truncated.
+        """
+        buf = TCyMemoryBuffer(data)
+        proto = self._proto(buf)
+        try:
+            name, mtype, seqid = proto.read_message_begin()
+            args = method.args_cls()
+            proto.read_struct(args)
+            proto.read_message_end()
+        except Exception as exc:
+            raise RemoteProtocolError(
+                f"malformed arguments for {method.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return Header(name, int(mtype), int(seqid)), args
+
+    def decode_reply(self, data: bytes, method: MethodInfo) -> tuple[Header, Any]:
+        """Decode a reply into its header and either the ``<method>_result`` struct or a
+        ``TApplicationException``.
+
+        Raises:
+            RemoteProtocolError: the message is malformed, or is not a reply.
+        """
+        buf = TCyMemoryBuffer(data)
+        proto = self._proto(buf)
+        try:
+            name, mtype, seqid = proto.read_message_begin()
+            if mtype == EXCEPTION:
+                body: Any = TApplicationException()
+            elif mtype == REPLY:
+                body = method.result_cls()
+            else:
+                raise RemoteProtocolError(f"expected a reply, got message type {mtype}")
+            proto.read_struct(body)
+            proto.read_message_end()
+        except RemoteProtocolError:
+            raise
+        except Exception as exc:
+            raise RemoteProtocolError(
+                f"malformed reply to {method.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return Header(name, int(mtype), int(seqid)), body
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _encode(self, name: str, mtype: int, seqid: int, struct: Any) -> bytes:
+        buf = TCyMemoryBuffer()
+        proto = self._proto(buf)
+        proto.write_message_begin(name, mtype, seqid)
+        proto.write_struct(struct)
+        proto.write_message_end()
+        return buf.getvalue()  # type: ignore[no-any-return]
+
+    def encode_call(self, method: MethodInfo, seqid: int, args: Any) -> bytes:
+        """Encode a call of ``method`` with an ``<method>_args`` struct."""
+        mtype = ONEWAY if method.oneway else CALL
+        return self._encode(method.name, mtype, seqid, args)
+
+    def encode_reply(self, name: str, seqid: int, result: Any) -> bytes:
+        """Encode a reply carrying a ``<method>_result`` struct."""
+        return self._encode(name, REPLY, seqid, result)
+
+    def encode_exception(self, name: str, seqid: int, exc: TApplicationException) -> bytes:
+        """Encode a ``TApplicationException`` reply."""
+        return self._encode(name, EXCEPTION, seqid, exc)
+
+    def application_error(self, name: str, seqid: int, type_: int, message: str) -> bytes:
+        """Encode a ``TApplicationException`` of ``type_`` with ``message``."""
+        return self.encode_exception(name, seqid, TApplicationException(type_, message))

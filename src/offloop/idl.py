@@ -1,0 +1,114 @@
+"""Thrift IDL loaded at run time (thriftpy2), and what offloop needs to know of its services.
+
+No code generation: ``load_idl`` parses the ``.thrift`` file into a module of Python classes,
+and :class:`ServiceInfo` / :class:`MethodInfo` describe each service's methods: argument and
+result structs, declared exceptions, oneway-ness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import thriftpy2
+
+from offloop.errors import OffloopError
+
+__all__ = ["IdlError", "MethodInfo", "ServiceInfo", "load_idl", "service_info"]
+
+
+class IdlError(OffloopError):
+    """The IDL file cannot be loaded, or does not declare what was asked for."""
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One method of a Thrift service.
+
+    Attributes:
+        name: the method name, as on the wire.
+        args_cls: the generated ``<name>_args`` struct class.
+        result_cls: the generated ``<name>_result`` struct class.
+        oneway: whether the method sends no reply.
+        arg_names: argument names in declaration order.
+        exceptions: declared exceptions, as (field name, exception class) in declaration order.
+    """
+
+    name: str
+    args_cls: Any
+    result_cls: Any
+    oneway: bool
+    arg_names: tuple[str, ...]
+    exceptions: tuple[tuple[str, Any], ...]
+
+    @property
+    def returns_void(self) -> bool:
+        """Whether the method has no return value (``void``)."""
+        return not any(spec[1] == "success" for spec in self.result_cls.thrift_spec.values())
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """One Thrift service: its class in the loaded module and its methods by name."""
+
+    name: str
+    service: Any
+    methods: dict[str, MethodInfo]
+
+
+def load_idl(path: str | os.PathLike[str]) -> ModuleType:
+    """Parse a ``.thrift`` file into a module of Python classes.
+
+    Raises:
+        IdlError: the file is missing or does not parse.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise IdlError(f"IDL file not found: {path}")
+    base = os.path.splitext(os.path.basename(path))[0]
+    # A module name unique to the file's path, so that two IDLs of the same base name in one
+    # process do not replace each other; thriftpy2 requires the "_thrift" suffix.
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    try:
+        return thriftpy2.load(path, module_name=f"{base}_{digest}_thrift")  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise IdlError(f"cannot load IDL {path}: {exc}") from exc
+
+
+def service_names(module: ModuleType) -> list[str]:
+    """Names of the services the loaded IDL declares, in file order."""
+    return [s.__name__ for s in getattr(module, "__thrift_meta__", {}).get("services", [])]
+
+
+def service_info(module: ModuleType, name: str) -> ServiceInfo:
+    """Describe service ``name`` of a loaded IDL module.
+
+    Raises:
+        IdlError: the IDL has no such service.
+    """
+    service = getattr(module, name, None)
+    if service is None or not hasattr(service, "thrift_services"):
+        known = ", ".join(service_names(module)) or "none"
+        raise IdlError(f"IDL declares no service {name!r} (services: {known})")
+    methods: dict[str, MethodInfo] = {}
+    for mname in service.thrift_services:
+        args_cls = getattr(service, mname + "_args")
+        result_cls = getattr(service, mname + "_result")
+        arg_names = tuple(spec[1] for _, spec in sorted(args_cls.thrift_spec.items()))
+        exceptions = tuple(
+            (spec[1], spec[2])
+            for _, spec in sorted(result_cls.thrift_spec.items())
+            if spec[1] != "success"
+        )
+        methods[mname] = MethodInfo(
+            name=mname,
+            args_cls=args_cls,
+            result_cls=result_cls,
+            oneway=bool(getattr(result_cls, "oneway", False)),
+            arg_names=arg_names,
+            exceptions=exceptions,
+        )
+    return ServiceInfo(name=name, service=service, methods=methods)
