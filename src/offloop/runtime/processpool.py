@@ -1,0 +1,389 @@
+"""A supervised process pool, for pure-Python CPU work that threads cannot run in parallel.
+
+``concurrent.futures.ProcessPoolExecutor`` marks the whole pool broken when one child dies,
+failing every queued job; this pool supervises each child on its own:
+
+- Each child is started from a fork server (``multiprocessing`` ``forkserver`` context, with
+  the handler module preloaded), builds its job function once, reports ``ready``, then serves
+  one job at a time over its own socket pair: 4-byte length + pickle, both ways.
+- The parent reads every child's socket on the event loop. End of stream means the child
+  died: only the job it was running fails (:class:`WorkerCrashed`), and a new child replaces
+  it (the fork server makes that take milliseconds, not an interpreter start-up).
+- A job past its deadline is failed with :class:`DeadlineExceeded` and its child is killed
+  (``SIGKILL``) and replaced, so a runaway handler cannot hold a worker for ever.
+- Jobs wait in a bounded FIFO when every child is busy; a full queue refuses at once.
+
+Children ignore ``SIGINT`` (a terminal's Ctrl-C reaches the whole process group; shutdown is
+the parent's decision), run at a lower CPU priority (``nice``), and exit when their socket
+closes, so they never outlive the parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.context
+import os
+import pickle
+import signal
+import socket
+import struct
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from offloop.errors import ClosedError, DeadlineExceeded, OffloopError, Overloaded
+from offloop.runtime.base import JobFactory, PoolStats, WorkerCrashed, default_max_queued
+
+__all__ = ["ProcessPool", "WorkerStartError"]
+
+log = logging.getLogger("offloop.runtime")
+
+_LEN = struct.Struct("!I")
+#: Job id of the start-up message a child sends once its job function is built.
+_READY_ID = 0
+#: Longest pause between restarts of a child whose start keeps failing.
+_MAX_RESTART_BACKOFF = 5.0
+_FIRST_RESTART_BACKOFF = 0.1
+
+
+class WorkerStartError(OffloopError):
+    """A child could not build its job function (the handler failed to import or start)."""
+
+
+# -- the child side (runs in the worker process) ------------------------------------------
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def _send_msg(sock: socket.socket, obj: Any) -> None:
+    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LEN.pack(len(body)) + body)
+
+
+def _child_main(sock: socket.socket, factory: JobFactory, nice: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    try:
+        fn = factory()
+    except BaseException:
+        _send_msg(sock, (_READY_ID, False, traceback.format_exc()))
+        return
+    _send_msg(sock, (_READY_ID, True, os.getpid()))
+    while True:
+        head = _recv_exact(sock, 4)
+        if head is None:
+            return  # the parent closed our socket: shut down
+        body = _recv_exact(sock, _LEN.unpack(head)[0])
+        if body is None:
+            return
+        job_id, payload = pickle.loads(body)
+        try:
+            reply = (job_id, True, fn(payload))
+        except Exception as exc:  # the job function should catch; report what escaped
+            reply = (job_id, False, f"{type(exc).__name__}: {exc}")
+        _send_msg(sock, reply)
+
+
+# -- the parent side ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Job:
+    payload: Any
+    future: asyncio.Future[Any]
+    id: int
+    child: _Child | None = None
+
+
+@dataclass(eq=False)
+class _Child:
+    proc: multiprocessing.process.BaseProcess
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    pid: int
+    job: _Job | None = None
+    killed_for: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class ProcessPool:
+    """Runs jobs in ``workers`` supervised child processes.
+
+    Args:
+        factory: a picklable callable that builds the job function in each child.
+        workers: child processes.
+        max_queued: jobs that may wait for a child (default four per worker).
+        nice: niceness added to each child, so that a front on the same host keeps its
+            latency while the pool saturates the cores.
+        start_method: ``multiprocessing`` start method; ``forkserver`` (default) forks each
+            child from a clean server process with ``preload`` imported.
+        preload: modules the fork server imports once, so children start in milliseconds.
+        start_timeout: seconds a child may take to build its job function.
+    """
+
+    def __init__(
+        self,
+        factory: JobFactory,
+        *,
+        workers: int,
+        max_queued: int | None = None,
+        nice: int = 10,
+        start_method: str = "forkserver",
+        preload: Sequence[str] = (),
+        start_timeout: float = 60.0,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._factory = factory
+        self._workers = workers
+        self._max_queued = default_max_queued(workers) if max_queued is None else max_queued
+        if self._max_queued < 0:
+            raise ValueError("max_queued must be >= 0")
+        self._nice = nice
+        self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver" and preload:
+            self._ctx.set_forkserver_preload(list(preload))
+        self._start_timeout = start_timeout
+        self._children: set[_Child] = set()
+        self._idle: collections.deque[_Child] = collections.deque()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._next_id = _READY_ID
+        self._restarts = 0
+        self._closed = False
+        self._spawning: set[asyncio.Task[None]] = set()
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every child and wait until each is ready.
+
+        Raises:
+            WorkerStartError: a child failed to build its job function.
+        """
+        results = await asyncio.gather(
+            *(self._spawn() for _ in range(self._workers)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for child in results:
+            if isinstance(child, _Child):
+                self._adopt(child)
+        if errors:
+            await self.close()
+            raise errors[0]
+
+    async def _spawn(self) -> _Child:
+        loop = asyncio.get_running_loop()
+        parent_sock, child_sock = socket.socketpair()
+        proc = self._ctx.Process(  # type: ignore[attr-defined]
+            target=_child_main,
+            args=(child_sock, self._factory, self._nice),
+            daemon=True,
+            name="offloop-worker",
+        )
+        try:
+            await loop.run_in_executor(None, proc.start)
+        finally:
+            child_sock.close()
+        reader, writer = await asyncio.open_connection(sock=parent_sock)
+        try:
+            head = await asyncio.wait_for(reader.readexactly(4), self._start_timeout)
+            body = await reader.readexactly(_LEN.unpack(head)[0])
+            _, ok, info = pickle.loads(body)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            writer.close()
+            await self._reap(proc)
+            raise WorkerStartError(
+                f"worker process {proc.pid} did not start: "
+                f"{'timed out' if isinstance(exc, TimeoutError) else 'it exited'}"
+                f" (exit code {proc.exitcode})"
+            ) from exc
+        if not ok:
+            writer.close()
+            await self._reap(proc)
+            raise WorkerStartError(f"worker process failed to start its handler:\n{info}")
+        return _Child(proc=proc, reader=reader, writer=writer, pid=int(info))
+
+    def _adopt(self, child: _Child) -> None:
+        if self._closed:
+            child.writer.close()
+            return
+        self._children.add(child)
+        child.task = asyncio.get_running_loop().create_task(
+            self._read_replies(child), name=f"offloop-child-{child.pid}"
+        )
+        self._make_idle(child)
+
+    async def _reap(self, proc: multiprocessing.process.BaseProcess) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, proc.join, 2.0)
+        if proc.is_alive():
+            proc.kill()
+            await loop.run_in_executor(None, proc.join, 2.0)
+
+    async def _read_replies(self, child: _Child) -> None:
+        try:
+            while True:
+                head = await child.reader.readexactly(4)
+                body = await child.reader.readexactly(_LEN.unpack(head)[0])
+                job_id, ok, result = pickle.loads(body)
+                self._on_reply(child, job_id, ok, result)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        await self._on_child_exit(child)
+
+    def _on_reply(self, child: _Child, job_id: int, ok: bool, result: Any) -> None:
+        job = child.job
+        child.job = None
+        if job is not None and job.id == job_id and not job.future.done():
+            if ok:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(WorkerCrashed(f"job raised in worker: {result}"))
+        self._make_idle(child)
+
+    async def _on_child_exit(self, child: _Child) -> None:
+        self._children.discard(child)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(child)
+        child.writer.close()
+        await self._reap(child.proc)
+        code = child.proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        job = child.job
+        child.job = None
+        if child.killed_for:
+            log.warning("worker process %d killed: %s", child.pid, child.killed_for)
+        elif not self._closed:
+            log.error(
+                "worker process %d died (%s)%s",
+                child.pid,
+                how,
+                " while running a call" if job else "",
+            )
+        if job is not None and not job.future.done():
+            job.future.set_exception(
+                WorkerCrashed(f"worker process {child.pid} died ({how}) while running this call")
+            )
+        if not self._closed:
+            self._restarts += 1
+            task = asyncio.get_running_loop().create_task(self._replace())
+            self._spawning.add(task)
+            task.add_done_callback(self._spawning.discard)
+
+    async def _replace(self) -> None:
+        delay = _FIRST_RESTART_BACKOFF
+        while not self._closed:
+            try:
+                child = await self._spawn()
+            except (WorkerStartError, OSError) as exc:
+                log.error("cannot replace worker process (retrying in %.1f s): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RESTART_BACKOFF)
+                continue
+            self._adopt(child)
+            return
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _make_idle(self, child: _Child) -> None:
+        if child.killed_for or child not in self._children:
+            return
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                self._assign(child, job)
+                return
+        self._idle.append(child)
+
+    def _assign(self, child: _Child, job: _Job) -> None:
+        child.job = job
+        job.child = child
+        body = pickle.dumps((job.id, job.payload), protocol=pickle.HIGHEST_PROTOCOL)
+        child.writer.write(_LEN.pack(len(body)) + body)
+
+    def _kill(self, child: _Child, reason: str) -> None:
+        child.killed_for = reason
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+
+    async def run(self, payload: Any, *, timeout: float) -> Any:
+        if self._closed:
+            raise ClosedError("process pool is closed")
+        loop = asyncio.get_running_loop()
+        self._next_id += 1
+        job = _Job(payload=payload, future=loop.create_future(), id=self._next_id)
+        if self._idle:
+            self._assign(self._idle.popleft(), job)
+        elif len(self._queue) < self._max_queued:
+            self._queue.append(job)
+        else:
+            raise Overloaded(
+                f"overloaded: {self._workers} worker processes busy and "
+                f"{self._max_queued} calls queued"
+            )
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+        except TimeoutError:
+            job.future.cancel()
+            if job.child is not None and job.child.job is job:
+                self._kill(job.child, f"call exceeded its deadline of {timeout:.3g} s")
+            raise DeadlineExceeded(f"call did not finish within {timeout:.3g} s") from None
+        except asyncio.CancelledError:
+            job.future.cancel()  # a queued job is skipped; a running one finishes unseen
+            raise
+
+    def stats(self) -> PoolStats:
+        busy = sum(1 for c in self._children if c.job is not None)
+        return PoolStats(
+            workers=self._workers,
+            alive=len(self._children),
+            busy=busy,
+            queued=sum(1 for j in self._queue if not j.future.done()),
+            restarts=self._restarts,
+        )
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop every child. Queued jobs fail with ClosedError; running jobs get ``grace``
+        seconds to finish, then their children are killed."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(ClosedError("process pool closed before the call ran"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(c.job for c in self._children) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for task in list(self._spawning):
+            task.cancel()
+        for child in list(self._children):
+            if child.job is not None:
+                self._kill(child, "pool closed while the call was running")
+            child.writer.close()  # the child sees end of stream and exits
+        tasks = [c.task for c in self._children if c.task is not None]
+        tasks += list(self._spawning)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,93 @@
+"""Prometheus metrics of a worker server, on a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from offloop.runtime.base import PoolStats
+
+__all__ = ["LATENCY_BUCKETS", "WorkerMetrics"]
+
+#: From 1 ms to 60 s: light calls land in the first buckets, deep-learning and parse calls
+#: in the middle, runaway calls near the default 30 s deadline at the top.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class WorkerMetrics:
+    """Calls by method and outcome, latency, queue depth, busy workers, child restarts."""
+
+    def __init__(self, stats: Callable[[], PoolStats], registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.calls = Counter(
+            "offloop_worker_calls",
+            "Calls answered, by method and outcome.",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "offloop_worker_call_seconds",
+            "Time from a call's arrival to its reply.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.connections = Gauge(
+            "offloop_worker_connections", "Open client connections.", registry=r
+        )
+        self.protocol_errors = Counter(
+            "offloop_worker_protocol_errors",
+            "Connections closed for bad input (garbage, oversized or truncated frames).",
+            ["reason"],
+            registry=r,
+        )
+        r.register(_PoolCollector(stats))
+
+    def observe(self, method: str, outcome: str, seconds: float) -> None:
+        """Count one answered call."""
+        self.calls.labels(method, outcome).inc()
+        self.latency.labels(method).observe(seconds)
+
+
+class _PoolCollector(Collector):
+    """Reads the pool's statistics when scraped, so they are never stale."""
+
+    def __init__(self, stats: Callable[[], PoolStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily(
+            "offloop_worker_queue_depth", "Calls waiting for a worker.", value=s.queued
+        )
+        yield GaugeMetricFamily(
+            "offloop_worker_busy_workers", "Workers running a call.", value=s.busy
+        )
+        yield GaugeMetricFamily(
+            "offloop_worker_alive_workers", "Workers ready or running a call.", value=s.alive
+        )
+        yield CounterMetricFamily(
+            "offloop_worker_child_restarts",
+            "Worker processes replaced since start (died, or killed at their deadline).",
+            value=s.restarts,
+        )

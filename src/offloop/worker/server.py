@@ -1,0 +1,309 @@
+"""The worker server: non-blocking Thrift I/O on one event loop, calls run in a pool.
+
+Half-sync/half-async, like Java's THsHaServer: the loop accepts and reads any number of
+connections, splits each byte stream into frames, reads each call's header and hands the
+*call* (not the connection) to a bounded pool. Calls from one connection run at the same
+time when workers are free, and each reply carries its request's seqid, so a multiplexing
+client can keep many calls in flight on one connection; a plain client that sends one call at
+a time still works.
+
+How bad input is handled: a frame over the limit, an unframed message, bytes that are not a
+Thrift message or a stream that ends inside a frame each close that connection with one log
+line; an unknown method is answered with ``UNKNOWN_METHOD`` and the connection stays open. A
+client that vanishes mid-call loses only its replies. Other clients never notice.
+
+How resources are bounded: frames by ``max_frame_size``; calls by the pool's admission
+(workers + ``max_queued``, beyond which a call is answered at once with ``overloaded``);
+connections by ``max_connections``; a client that does not read its replies stops being read
+(transport flow control).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from thriftpy2.thrift import TApplicationException
+
+from offloop.codec.framing import FrameDecoder, FrameError, encode_frame
+from offloop.codec.message import CALL, ONEWAY, Header, MessageCodec
+from offloop.errors import ClosedError, DeadlineExceeded, Overloaded, RemoteProtocolError
+from offloop.idl import ServiceInfo, load_idl, service_info
+from offloop.runtime.base import Pool, WorkerCrashed
+from offloop.runtime.processpool import ProcessPool
+from offloop.runtime.threadpool import ThreadPool
+from offloop.worker.admin import AdminServer
+from offloop.worker.batcher import Batcher
+from offloop.worker.config import WorkerConfig
+from offloop.worker.dispatch import DispatcherFactory, Reply
+from offloop.worker.metrics import WorkerMetrics
+
+__all__ = ["WorkerServer", "build_pool"]
+
+log = logging.getLogger("offloop.worker")
+
+_INTERNAL = TApplicationException.INTERNAL_ERROR
+
+
+def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
+    """The pool that ``config`` asks for, running ``factory``'s dispatcher."""
+    if config.pool == "thread":
+        return ThreadPool(
+            factory, workers=config.workers, max_queued=config.max_queued, nice=config.nice
+        )
+    return ProcessPool(
+        factory,
+        workers=config.workers,
+        max_queued=config.max_queued,
+        nice=config.nice,
+        preload=["offloop.worker.dispatch", config.handler.partition(":")[0]],
+    )
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: frames in, replies out (in completion order)."""
+
+    def __init__(self, server: WorkerServer) -> None:
+        self._server = server
+        self._decoder = FrameDecoder(server.config.max_frame_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.in_flight = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._server._connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._decoder.feed(data)
+            for frame in self._decoder.frames():
+                self._server._on_frame(self, frame)
+        except FrameError as exc:
+            self._server._protocol_error(self, type(exc).__name__, str(exc))
+
+    def eof_received(self) -> bool:
+        try:
+            self._decoder.close()
+        except FrameError as exc:
+            self._server._protocol_error(self, type(exc).__name__, str(exc))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._server._connection_lost(self)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its calls until it does.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def send(self, message: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(message))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class WorkerServer:
+    """A Thrift server whose calls run in a thread or process pool.
+
+    Start it with :meth:`start` (binds, starts the pool and the admin port), stop it with
+    :meth:`shutdown` (stop accepting, drain in-flight calls within the grace period, close the
+    pool).
+
+    Args:
+        config: the worker's configuration.
+        pool: a pool to use instead of the one ``config`` describes (tests, embedding).
+    """
+
+    def __init__(self, config: WorkerConfig, *, pool: Pool | None = None) -> None:
+        self.config = config
+        self.service: ServiceInfo = service_info(load_idl(config.idl), config.service)
+        self._factory = DispatcherFactory(
+            config.idl, config.service, config.handler, config.protocol
+        )
+        self.pool: Pool = pool if pool is not None else build_pool(config, self._factory)
+        self.metrics = WorkerMetrics(self.pool.stats)
+        self._codec = MessageCodec(config.protocol)
+        self._connections: set[_Connection] = set()
+        self._calls: set[asyncio.Task[None]] = set()
+        self._batchers: dict[str, Batcher] = {}
+        self._server: asyncio.Server | None = None
+        self._admin: AdminServer | None = None
+        self._draining = False
+        self.port = config.port
+        self.admin_port: int | None = None
+
+    async def start(self) -> None:
+        """Start the pool, then listen. Raises if the handler cannot start."""
+        for name, (max_batch, max_wait) in self._factory.batch_methods().items():
+            if name in self.service.methods:
+                self._batchers[name] = Batcher(
+                    self._run_batch, max_batch=max_batch, max_wait=max_wait
+                )
+        await self.pool.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.config.host, self.config.port, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.admin_port is not None:
+            self._admin = AdminServer(self.metrics.registry, self._healthy)
+            self.admin_port = await self._admin.start(
+                self.config.admin_host, self.config.admin_port
+            )
+        log.info(
+            "serving %s on %s:%d (%s pool, %d workers, %s protocol)",
+            self.service.name,
+            self.config.host,
+            self.port,
+            self.config.pool,
+            self.config.workers,
+            self.config.protocol,
+        )
+
+    def _healthy(self) -> bool:
+        return not self._draining and self.pool.stats().alive > 0
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight calls finish within ``grace`` seconds (default the
+        configured grace), then close connections, the pool and the admin port."""
+        grace = self.config.grace if grace is None else grace
+        self._draining = True
+        if self._server is not None:
+            self._server.close()
+        for batcher in self._batchers.values():
+            await batcher.close()
+        if self._calls:
+            log.info("draining %d calls in flight (grace %.1f s)", len(self._calls), grace)
+            _, pending = await asyncio.wait(set(self._calls), timeout=grace or None)
+            if pending:
+                log.warning("%d calls still running after the grace period", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        for conn in list(self._connections):
+            conn.close()
+        await self.pool.close()
+        if self._admin is not None:
+            await self._admin.close()
+        log.info("worker stopped")
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _connection_made(self, conn: _Connection) -> None:
+        if len(self._connections) >= self.config.max_connections:
+            log.warning(
+                "refusing connection from %s: %d connections open (max_connections)",
+                conn.peer,
+                len(self._connections),
+            )
+            conn.close()
+            return
+        self._connections.add(conn)
+        self.metrics.connections.set(len(self._connections))
+
+    def _connection_lost(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+        self.metrics.connections.set(len(self._connections))
+        if conn.in_flight:
+            log.info(
+                "client %s disconnected with %d calls in flight; their replies are dropped",
+                conn.peer,
+                conn.in_flight,
+            )
+
+    def _protocol_error(self, conn: _Connection, reason: str, message: str) -> None:
+        log.warning("closing connection from %s: %s", conn.peer, message)
+        self.metrics.protocol_errors.labels(reason).inc()
+        conn.close()
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _on_frame(self, conn: _Connection, frame: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            header = self._codec.read_header(frame)
+        except RemoteProtocolError as exc:
+            self._protocol_error(conn, "garbage", str(exc))
+            return
+        if header.type not in (CALL, ONEWAY):
+            self._protocol_error(
+                conn, "message_type", f"expected a call, got message type {header.type}"
+            )
+            return
+        if header.name not in self.service.methods:
+            log.warning("unknown method %r called by %s", header.name, conn.peer)
+            self.metrics.observe("<unknown>", "bad_request", time.perf_counter() - started)
+            conn.send(
+                self._codec.application_error(
+                    header.name,
+                    header.seqid,
+                    TApplicationException.UNKNOWN_METHOD,
+                    f"unknown method {header.name!r} of service {self.service.name}",
+                )
+            )
+            return
+        if self._draining:
+            self.metrics.observe(header.name, "overloaded", time.perf_counter() - started)
+            conn.send(
+                self._codec.application_error(
+                    header.name, header.seqid, _INTERNAL, "overloaded: server is shutting down"
+                )
+            )
+            return
+        conn.in_flight += 1
+        task = asyncio.get_running_loop().create_task(
+            self._serve_call(conn, header, frame, started)
+        )
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _serve_call(
+        self, conn: _Connection, header: Header, frame: bytes, started: float
+    ) -> None:
+        try:
+            outcome, reply = await self._dispatch(header, frame)
+        finally:
+            conn.in_flight -= 1
+        self.metrics.observe(header.name, outcome, time.perf_counter() - started)
+        if reply is not None and header.type == CALL:
+            conn.send(reply)
+
+    async def _run_batch(self, frames: list[bytes]) -> list[Any]:
+        return list(await self.pool.run(frames, timeout=self.config.call_timeout))
+
+    async def _dispatch(self, header: Header, frame: bytes) -> Reply:
+        def error(outcome: str, message: str) -> Reply:
+            return outcome, self._codec.application_error(
+                header.name, header.seqid, _INTERNAL, message
+            )
+
+        try:
+            batcher = self._batchers.get(header.name)
+            if batcher is not None:
+                reply: Reply = await batcher.submit(frame)
+                return reply
+            (reply,) = await self.pool.run([frame], timeout=self.config.call_timeout)
+            return reply
+        except Overloaded as exc:
+            return error("overloaded", str(exc))
+        except DeadlineExceeded as exc:
+            log.warning("%s: %s", header.name, exc)
+            return error("timeout", f"deadline exceeded: {exc}")
+        except WorkerCrashed as exc:
+            return error("crashed", str(exc))
+        except ClosedError as exc:
+            return error("overloaded", f"overloaded: {exc}")

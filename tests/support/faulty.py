@@ -1,0 +1,75 @@
+"""A TextLab handler with faults on demand, for worker tests (imported by child processes).
+
+``ping(msg)`` reacts to commands in ``msg``: ``crash`` exits the process at once,
+``raise`` raises ValueError, ``badreturn`` returns a value the IDL cannot encode,
+``apperror`` raises a TApplicationException, ``pid`` returns the process id, anything else
+is echoed. ``sleep``/``burn`` wait or spin; ``parse`` raises the declared ParseError.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from thriftpy2.thrift import TApplicationException
+
+from offloop import batched
+from offloop.idl import load_idl
+
+IDL = str(Path(__file__).resolve().parents[2] / "src/offloop/demo/textlab.thrift")
+_t = load_idl(IDL)
+
+
+class Handler:
+    def ping(self, msg: str) -> str:
+        if msg == "crash":
+            os._exit(3)
+        if msg == "raise":
+            raise ValueError("boom")
+        if msg == "badreturn":
+            return 42  # type: ignore[return-value]
+        if msg == "apperror":
+            raise TApplicationException(TApplicationException.UNKNOWN, "app says no")
+        if msg == "pid":
+            return f"{os.getpid()}:{threading.get_ident()}"
+        return msg
+
+    def parse(self, sentence: str) -> Any:
+        raise _t.ParseError(message=f"cannot parse {sentence!r}", unknown_words=["x"])
+
+    def burn(self, millis: int) -> int:
+        end = time.perf_counter() + millis / 1000
+        n = 0
+        while time.perf_counter() < end:
+            n += 1
+        return n
+
+    def crunch(self, n: int) -> float:
+        return float(n)
+
+    def sleep(self, millis: int) -> float:
+        time.sleep(millis / 1000)
+        return float(millis)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return [[float(len(t))] for t in texts]
+
+
+class BatchedHandler(Handler):
+    """``embed`` is batched; a text ``fail`` makes its whole batch raise."""
+
+    batches: list[int] = []
+
+    @batched(max_batch=8, max_wait_ms=50)
+    def embed(self, calls: list[list[str]]) -> list[Any]:  # type: ignore[override]
+        if any("fail" in texts for texts in calls):
+            raise RuntimeError("batch failed")
+        return [
+            [[float(len(t)), float(len(calls))] for t in texts]
+            if "bad" not in texts
+            else _t.InvalidArgument(message="bad text")
+            for texts in calls
+        ]
