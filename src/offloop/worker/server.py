@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from thriftpy2.thrift import TApplicationException
 
@@ -73,8 +73,8 @@ class _Connection(asyncio.Protocol):
         self.in_flight = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but quack alike.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._server._connection_made(self)
@@ -83,6 +83,8 @@ class _Connection(asyncio.Protocol):
         try:
             self._decoder.feed(data)
             for frame in self._decoder.frames():
+                if self.transport is None or self.transport.is_closing():
+                    return  # closed for an earlier frame of this chunk: one error, one log line
                 self._server._on_frame(self, frame)
         except FrameError as exc:
             self._server._protocol_error(self, type(exc).__name__, str(exc))
@@ -188,7 +190,7 @@ class WorkerServer:
             await batcher.close()
         if self._calls:
             log.info("draining %d calls in flight (grace %.1f s)", len(self._calls), grace)
-            _, pending = await asyncio.wait(set(self._calls), timeout=grace or None)
+            _, pending = await asyncio.wait(set(self._calls), timeout=grace)
             if pending:
                 log.warning("%d calls still running after the grace period", len(pending))
                 for task in pending:
@@ -307,3 +309,6 @@ class WorkerServer:
             return error("crashed", str(exc))
         except ClosedError as exc:
             return error("overloaded", f"overloaded: {exc}")
+        except Exception as exc:  # the job function broke its contract: still answer the call
+            log.error("%s failed in the pool: %s", header.name, exc, exc_info=exc)
+            return error("error", f"internal error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,350 @@
+"""The gateway core: routes, JSON mapping, calls, errors and metrics, independent of any
+HTTP server.
+
+A server adapter (:mod:`offloop.gateway.asgi` for uvicorn or any ASGI server,
+:mod:`offloop.gateway.tornado` for Tornado) turns each HTTP request into a :class:`Request`,
+awaits :meth:`Gateway.handle`, and writes the :class:`Response` back. The adapter also calls
+:meth:`Gateway.startup` and :meth:`Gateway.shutdown` on the serving loop.
+
+Routes:
+
+- ``POST /rpc/{Service}/{method}``: a JSON object of named arguments; ``200 {"result": ...}``,
+  or ``202`` for a oneway method.
+- ``GET /healthz`` (liveness, answered on the loop), ``GET /readyz`` (200 while every service
+  has a reachable backend), ``GET /metrics`` (Prometheus), ``GET /openapi.json``,
+  ``GET /docs`` (an interactive page; its assets are served here, no CDN).
+
+Errors are ``{"error": {"code", "message", ...}}`` with the status of the table in
+``docs/gateway.md``. What a client sees is the error's public message; the log gets the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from offloop.codec.jsonmap import JsonMappingError, args_from_json, result_to_json
+from offloop.errors import (
+    DeadlineExceeded,
+    LocalProtocolError,
+    OffloopError,
+    Overloaded,
+    RemoteApplicationError,
+)
+from offloop.gateway.config import GatewayConfig
+from offloop.gateway.metrics import GatewayMetrics
+from offloop.gateway.openapi import build_openapi
+from offloop.idl import MethodInfo, ServiceInfo
+from offloop.rpc.caller import Caller
+from offloop.watchdog import LoopWatchdog, WatchdogConfig
+
+__all__ = ["Gateway", "Request", "Response"]
+
+log = logging.getLogger("offloop.gateway")
+
+_JSON = "application/json"
+_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as the core sees it.
+
+    Attributes:
+        method: ``GET``, ``POST``...
+        path: the URL path, without the query string.
+        headers: header names in lower case.
+        body: the whole body (the adapter enforces ``max_body`` while reading it).
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An HTTP response: status, headers and the whole body."""
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    return Response(status, body, [("content-type", _JSON), *(headers or [])])
+
+
+def error_response(
+    status: int, message: str, headers: list[tuple[str, str]] | None = None, **extra: Any
+) -> Response:
+    """The error body every route uses: ``{"error": {"code", "message", ...}}``."""
+    return json_response(status, {"error": {"code": status, "message": message, **extra}}, headers)
+
+
+class Gateway:
+    """Serves the routes of the module docstring for the services of ``services``.
+
+    Args:
+        config: the gateway's configuration.
+        services: the services to expose, by name.
+        caller: how calls reach the worker tier (event-loop or actor mode).
+    """
+
+    def __init__(
+        self, config: GatewayConfig, services: Mapping[str, ServiceInfo], caller: Caller
+    ) -> None:
+        self.config = config
+        self.services = dict(services)
+        self.caller = caller
+        self.metrics = GatewayMetrics(caller.backend_states)
+        self.watchdog: LoopWatchdog | None = None
+        if config.watchdog:
+            self.watchdog = LoopWatchdog(
+                WatchdogConfig(stall_threshold=config.stall_threshold),
+                registry=self.metrics.registry,
+            )
+        self._openapi = json.dumps(
+            build_openapi(
+                list(self.services.values()), exception_status=config.exception_status
+            )
+        ).encode()
+        self._inflight = 0
+        self.metrics.track_inflight(lambda: self._inflight)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._started = False
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start the caller and the watchdog; call on the serving loop."""
+        if self._started:
+            return
+        self._started = True
+        await self.caller.start()
+        if self.watchdog is not None:
+            self.watchdog.start()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Refuse new calls, wait up to ``grace`` seconds for calls in flight, close the
+        caller's connections and stop the watchdog."""
+        grace = self.config.grace if grace is None else grace
+        self._closing = True
+        if self._inflight:
+            log.info("draining %d calls in flight (grace %.1f s)", self._inflight, grace)
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                log.warning("%d calls still in flight after the grace period", self._inflight)
+        await self.caller.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    # -- routing -------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one request. Never raises (but for cancellation)."""
+        started = time.perf_counter()
+        route, response = await self._route(request)
+        self.metrics.observe(route, response.status, time.perf_counter() - started)
+        return response
+
+    async def _route(self, request: Request) -> tuple[str, Response]:
+        path = request.path
+        if path.startswith("/rpc/"):
+            parts = path[5:].split("/")
+            if len(parts) != 2:
+                return "/rpc/unknown", error_response(404, f"no route for {path}")
+            info = self.services.get(parts[0])
+            method = info.methods.get(parts[1]) if info is not None else None
+            if info is None or method is None:
+                what = f"service {parts[0]!r}" if info is None else f"method {parts[1]!r}"
+                return "/rpc/unknown", error_response(404, f"unknown {what}", path=path)
+            route = f"/rpc/{info.name}/{method.name}"
+            if request.method != "POST":
+                return route, self._not_allowed(request, "POST")
+            return route, await self._rpc(request, info, method)
+        if path.startswith("/docs/"):
+            return "/docs", self._static(path[6:])
+        getter = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+            "/openapi.json": self._openapi_json,
+            "/docs": self._docs,
+        }.get(path)
+        if getter is None:
+            return "unknown", error_response(404, f"no route for {path}")
+        if request.method not in ("GET", "HEAD"):
+            return path, self._not_allowed(request, "GET")
+        return path, getter()
+
+    @staticmethod
+    def _not_allowed(request: Request, allowed: str) -> Response:
+        return error_response(
+            405, f"{request.method} is not allowed here; use {allowed}", [("allow", allowed)]
+        )
+
+    # -- plain routes --------------------------------------------------------------------
+
+    def _healthz(self) -> Response:
+        return Response(200, b'{"status":"ok"}', [("content-type", _JSON)])
+
+    def _readyz(self) -> Response:
+        states = self.caller.backend_states()
+        ready = self.caller.ready() and not self._closing
+        body = {
+            "ready": ready,
+            "backends": [
+                {"service": s.service, "address": s.address, "up": s.up, "in_flight": s.in_flight}
+                for s in states
+            ],
+        }
+        return json_response(200 if ready else 503, body)
+
+    def _metrics(self) -> Response:
+        return Response(
+            200, generate_latest(self.metrics.registry), [("content-type", CONTENT_TYPE_LATEST)]
+        )
+
+    def _openapi_json(self) -> Response:
+        return Response(200, self._openapi, [("content-type", _JSON)])
+
+    def _docs(self) -> Response:
+        return self._static("index.html")
+
+    def _static(self, name: str) -> Response:
+        if "/" in name or name.startswith(".") or not name:
+            return error_response(404, "no such asset")
+        try:
+            data = resources.files("offloop.gateway").joinpath("static", name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return error_response(404, f"no such asset: {name}")
+        ctype = _STATIC_TYPES.get(name[name.rfind(".") :], "application/octet-stream")
+        return Response(200, data, [("content-type", ctype), ("cache-control", "max-age=3600")])
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _timeout(self, headers: Mapping[str, str]) -> float:
+        raw = headers.get("x-request-timeout")
+        if raw is None:
+            return self.config.timeout
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise LocalProtocolError(
+                f"X-Request-Timeout must be a positive number of seconds, got {raw!r}"
+            )
+        return min(value, self.config.timeout)
+
+    async def _rpc(self, request: Request, info: ServiceInfo, method: MethodInfo) -> Response:
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";", 1)[0].strip().lower() != _JSON:
+            return error_response(
+                415, f"content-type must be {_JSON}, got {ctype or 'none'!r}"
+            )
+        if len(request.body) > self.config.max_body:
+            return error_response(
+                413, f"body of {len(request.body)} bytes is over the limit of "
+                f"{self.config.max_body} bytes"
+            )
+        try:
+            timeout = self._timeout(request.headers)
+            try:
+                payload = json.loads(request.body) if request.body.strip() else {}
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise LocalProtocolError(f"malformed JSON: {exc}") from exc
+            args = args_from_json(method, payload)
+        except JsonMappingError as exc:
+            return error_response(400, str(exc), path=exc.path)
+        except LocalProtocolError as exc:
+            return error_response(400, exc.public_message)
+        if self._closing:
+            return error_response(
+                503, "gateway is shutting down", [("retry-after", str(self.config.retry_after))]
+            )
+        if self._inflight >= self.config.max_inflight:
+            return error_response(
+                503,
+                f"overloaded: {self._inflight} calls in flight (max_inflight)",
+                [("retry-after", str(self.config.retry_after))],
+            )
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            value = await self.caller.call(
+                info.name,
+                method,
+                args,
+                timeout=timeout,
+                idempotent=f"{info.name}.{method.name}" in self.config.idempotent,
+            )
+        except Exception as exc:
+            return self._call_error(info, method, exc)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        if method.oneway:
+            return Response(202, b'{"result":null}', [("content-type", _JSON)])
+        result = method.result_cls()
+        if not method.returns_void:
+            result.success = value
+        try:
+            outcome = result_to_json(method, result)
+        except OffloopError as exc:
+            log.error("%s.%s: %s", info.name, method.name, exc)
+            return error_response(502, exc.public_message)
+        return json_response(200, {"result": outcome.value})
+
+    def _call_error(self, info: ServiceInfo, method: MethodInfo, exc: Exception) -> Response:
+        where = f"{info.name}.{method.name}"
+        for field_name, exc_cls in method.exceptions:
+            if isinstance(exc, exc_cls):
+                result = method.result_cls()
+                setattr(result, field_name, exc)
+                outcome = result_to_json(method, result)
+                name = type(exc).__name__
+                status = self.config.exception_status.get(name, 422)
+                return error_response(
+                    status,
+                    f"{where} raised {name}",
+                    type=name,
+                    fields=outcome.value,
+                )
+        retry = [("retry-after", str(self.config.retry_after))]
+        if isinstance(exc, Overloaded):
+            return error_response(503, exc.public_message, retry)
+        if isinstance(exc, RemoteApplicationError):
+            if exc.is_overloaded:
+                return error_response(503, exc.public_message, retry)
+            log.warning("%s: backend answered %s", where, exc)
+            if str(exc).startswith("deadline exceeded"):
+                return error_response(504, f"backend: {exc}")
+            return error_response(502, f"backend error: {exc}", type="TApplicationException")
+        if isinstance(exc, DeadlineExceeded):
+            return error_response(504, f"{where}: {exc.public_message}")
+        if isinstance(exc, OffloopError):
+            log.warning("%s failed: %s", where, exc)
+            return error_response(exc.status_hint, f"{where}: {exc.public_message}")
+        log.error("%s failed unexpectedly", where, exc_info=exc)
+        return error_response(500, f"{where}: internal error ({type(exc).__name__})")

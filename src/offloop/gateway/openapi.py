@@ -1,0 +1,528 @@
+"""An OpenAPI 3.1 document for the gateway, built from the Thrift IDL.
+
+Every method of every service becomes ``POST /rpc/{Service}/{method}``. The request body is
+an object of named arguments; the reply is ``{"result": ...}`` (``null`` for ``void``), or
+``202 {"result": null}`` for ``oneway`` methods. Errors share one body,
+``components/schemas/Error``::
+
+    {"error": {"code": 400, "message": "...", "type": "...", "fields": {...}, "path": "..."}}
+
+A declared Thrift exception answers ``422`` (or the status ``exception_status`` gives its type)
+with ``error.type`` set to the exception's Thrift name and ``error.fields`` to its JSON object;
+each such body is a named schema, ``Error.<Exception>``.
+
+Structs, exceptions and enums reached from a service are named schemas under
+``components/schemas``, by their Thrift name (qualified by their IDL's name where two IDLs
+declare the same name), referenced with ``$ref``; recursive structs need nothing more. The
+schemas follow :mod:`offloop.codec.jsonmap` exactly, and use its helpers to classify types,
+so that what the gateway emits validates against what this document says.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from thriftpy2.thrift import TException, TType
+
+from offloop.codec.jsonmap import (
+    is_enum,
+    map_form,
+    split_elem_spec,
+    split_field_spec,
+    value_to_json,
+)
+from offloop.idl import MethodInfo, ServiceInfo
+
+__all__ = ["DEFAULT_EXCEPTION_STATUS", "build_openapi"]
+
+DEFAULT_EXCEPTION_STATUS: Final = 422
+"""The status of a declared Thrift exception: the request was understood, and refused."""
+
+_OPENAPI_VERSION: Final = "3.1.0"
+_JSON: Final = "application/json"
+_ERROR: Final = "Error"
+_SCHEMAS: Final = "#/components/schemas/"
+_RESPONSES: Final = "#/components/responses/"
+_DECIMAL_PATTERN: Final = "^-?[0-9]+$"
+# Exactly what base64.b64decode(..., validate=True) accepts: the standard alphabet, padded.
+_BASE64_PATTERN: Final = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_MODULE_SUFFIX: Final = re.compile(r"(?:_[0-9a-f]{8})?_thrift$")
+
+_INT_SCHEMAS: Final[dict[int, dict[str, Any]]] = {
+    ttype: {"type": "integer", "format": f"int{bits}", "minimum": -(2**(bits - 1)),
+            "maximum": 2**(bits - 1) - 1}
+    for ttype, bits in ((TType.BYTE, 8), (TType.I16, 16), (TType.I32, 32), (TType.I64, 64))
+}  # fmt: skip
+
+# The errors every call may meet, whatever its IDL: (component name, description).
+_STANDARD_ERRORS: Final[dict[int, tuple[str, str]]] = {
+    400: (
+        "BadRequest",
+        "The body is not JSON, or the arguments do not fit the IDL; `error.path` says where "
+        "(e.g. `argument.xtructs[2].i32_thing`).",
+    ),
+    404: ("NotFound", "No such service or method."),
+    413: ("PayloadTooLarge", "The request body is over the gateway's limit."),
+    415: ("UnsupportedMediaType", "The request body is not `application/json`."),
+    500: ("InternalServerError", "The gateway failed unexpectedly (a bug: see its log)."),
+    502: (
+        "BadGateway",
+        "The worker failed: it broke the connection, sent garbage, or answered with a Thrift "
+        "application error.",
+    ),
+    503: (
+        "ServiceUnavailable",
+        "No worker can take the call now (overloaded, or shutting down); try again later.",
+    ),
+    504: ("GatewayTimeout", "The call's deadline passed before the worker answered."),
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": _SCHEMAS + name}
+
+
+def _error_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "The body of every error the gateway answers.",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "integer", "description": "The HTTP status."},
+                    "message": {"type": "string", "description": "What went wrong."},
+                    "type": {
+                        "type": "string",
+                        "description": "The Thrift name of a declared exception, or the kind "
+                        "of error.",
+                    },
+                    "fields": {
+                        "type": "object",
+                        "description": "A declared exception's fields, as JSON.",
+                    },
+                    "path": {
+                        "type": "string",
+                        "description": "Where in the request a bad value is.",
+                    },
+                },
+            }
+        },
+    }
+
+
+def _exception_error_schema(thrift_name: str, component: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": f"The error body of the declared exception {thrift_name}.",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "type", "fields"],
+                "properties": {
+                    "code": {"type": "integer", "description": "The HTTP status."},
+                    "message": {"type": "string"},
+                    "type": {"const": thrift_name},
+                    "fields": _ref(component),
+                },
+            }
+        },
+    }
+
+
+def _module_name(cls: Any) -> str:
+    return _MODULE_SUFFIX.sub("", str(getattr(cls, "__module__", "")) or "idl") or "idl"
+
+
+class _Types:
+    """The structs, exceptions and enums reached from the services, and their schemas."""
+
+    def __init__(self, services: Sequence[ServiceInfo]) -> None:
+        self.classes: list[Any] = []
+        seen: set[Any] = set()
+        for service in services:
+            for method in service.methods.values():
+                for cls in (method.args_cls, method.result_cls):
+                    for field in cls.thrift_spec.values():
+                        self._walk(*split_field_spec(field), seen)
+        self.names = self._assign_names()
+
+    def _walk(self, ttype: int, spec: Any, seen: set[Any]) -> None:
+        if ttype == TType.STRUCT or is_enum(ttype, spec):
+            if spec in seen:
+                return
+            seen.add(spec)
+            self.classes.append(spec)
+            if ttype == TType.STRUCT:
+                for field in spec.thrift_spec.values():
+                    self._walk(*split_field_spec(field), seen)
+        elif ttype in (TType.LIST, TType.SET):
+            self._walk(*split_elem_spec(spec), seen)
+        elif ttype == TType.MAP:
+            self._walk(*split_elem_spec(spec[0]), seen)
+            self._walk(*split_elem_spec(spec[1]), seen)
+
+    def _assign_names(self) -> dict[Any, str]:
+        counts: dict[str, int] = {}
+        for cls in self.classes:
+            counts[cls.__name__] = counts.get(cls.__name__, 0) + 1
+        taken = {_ERROR}
+        names: dict[Any, str] = {}
+        for cls in self.classes:
+            name: str = cls.__name__
+            if counts[name] > 1 or name == _ERROR or name.startswith(_ERROR + "."):
+                name = f"{_module_name(cls)}.{name}"
+            candidate, n = name, 2
+            # The same IDL loaded twice gives equal names even when qualified.
+            while candidate in taken:
+                candidate, n = f"{name}_{n}", n + 1
+            taken.add(candidate)
+            names[cls] = candidate
+        return names
+
+    def exceptions(self) -> Iterator[Any]:
+        return (cls for cls in self.classes if isinstance(cls, type) and _is_exception(cls))
+
+    def schema(self, ttype: int, spec: Any) -> dict[str, Any]:
+        """The schema of a value of ``(ttype, spec)``, as jsonmap shows it."""
+        if ttype == TType.BOOL:
+            return {"type": "boolean"}
+        if ttype == TType.STRUCT or is_enum(ttype, spec):
+            return _ref(self.names[spec])
+        if ttype == TType.I64:
+            return {
+                "oneOf": [
+                    dict(_INT_SCHEMAS[ttype]),
+                    {"type": "string", "pattern": _DECIMAL_PATTERN},
+                ]
+            }
+        if ttype in _INT_SCHEMAS:
+            return dict(_INT_SCHEMAS[ttype])
+        if ttype == TType.DOUBLE:
+            return {
+                "oneOf": [
+                    {"type": "number", "format": "double"},
+                    {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]},
+                ]
+            }
+        if ttype in (TType.STRING, TType.UTF8, TType.UTF16):
+            return {"type": "string"}
+        if ttype == TType.BINARY:
+            return {"type": "string", "contentEncoding": "base64", "pattern": _BASE64_PATTERN}
+        if ttype in (TType.LIST, TType.SET):
+            array: dict[str, Any] = {"type": "array", "items": self.schema(*split_elem_spec(spec))}
+            if ttype == TType.SET:
+                array["uniqueItems"] = True
+            return array
+        if ttype == TType.MAP:
+            ktype, kspec = split_elem_spec(spec[0])
+            value = self.schema(*split_elem_spec(spec[1]))
+            form = map_form(ktype, kspec)
+            if form == "pairs":
+                pair = {
+                    "type": "array",
+                    "prefixItems": [self.schema(ktype, kspec), value],
+                    "minItems": 2,
+                    "maxItems": 2,
+                }
+                return {"type": "array", "items": pair}
+            obj: dict[str, Any] = {"type": "object", "additionalProperties": value}
+            if form == "integer":
+                obj["propertyNames"] = {"pattern": _DECIMAL_PATTERN}
+            elif form == "enum":
+                names = list(kspec._NAMES_TO_VALUES)
+                obj["propertyNames"] = {
+                    "enum": names + [str(v) for v in kspec._NAMES_TO_VALUES.values()]
+                }
+            return obj
+        raise ValueError(f"unsupported Thrift type {ttype}")
+
+    def fields_schema(self, cls: Any, *, description: str | None = None) -> dict[str, Any]:
+        """An object schema of a struct's (or an ``_args`` struct's) fields."""
+        defaults = dict(getattr(cls, "default_spec", ()))
+        properties: dict[str, Any] = {}
+        required: list[str] = []
+        for field in cls.thrift_spec.values():
+            name = field[1]
+            ttype, spec = split_field_spec(field)
+            prop = self.schema(ttype, spec)
+            default = defaults.get(name)
+            if default is not None:
+                prop = {**prop, "default": value_to_json(ttype, spec, default)}
+            properties[name] = prop
+            if field[-1] is True:
+                required.append(name)
+        schema: dict[str, Any] = {"type": "object"}
+        if description:
+            schema["description"] = description
+        schema["properties"] = properties
+        if required:
+            schema["required"] = required
+        schema["additionalProperties"] = False
+        return schema
+
+    def component(self, cls: Any) -> dict[str, Any]:
+        """The named schema of a struct, exception or enum."""
+        if hasattr(cls, "_VALUES_TO_NAMES"):
+            return {
+                "title": cls.__name__,
+                "description": f"The Thrift enum {cls.__name__}: its name, or its value.",
+                "oneOf": [
+                    {"type": "string", "enum": list(cls._NAMES_TO_VALUES)},
+                    {"type": "integer", "enum": list(cls._NAMES_TO_VALUES.values())},
+                ],
+            }
+        kind = "exception" if _is_exception(cls) else "struct"
+        schema = self.fields_schema(cls, description=f"The Thrift {kind} {cls.__name__}.")
+        return {"title": cls.__name__, **schema}
+
+
+def _is_exception(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, TException)
+
+
+def _exception_statuses(types: _Types, overrides: Mapping[str, int] | None) -> dict[Any, int]:
+    """The status of each declared exception type, after ``overrides`` (by Thrift name).
+
+    A name that no served service declares is ignored, as the gateway ignores it: one
+    configuration may serve several IDLs, or a subset of an IDL's services.
+
+    Raises:
+        ValueError: an override is not a 4xx or 5xx status.
+    """
+    overrides = overrides or {}
+    for name, status in overrides.items():
+        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+            raise ValueError(f"exception_status[{name!r}] must be a 4xx or 5xx, not {status!r}")
+    return {
+        cls: overrides.get(cls.__name__, DEFAULT_EXCEPTION_STATUS) for cls in types.exceptions()
+    }
+
+
+def _method_responses(
+    method: MethodInfo, types: _Types, statuses: Mapping[Any, int]
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if method.oneway:
+        responses["202"] = _json_response(
+            "Sent: a oneway call has no reply, so there is no result.",
+            {
+                "type": "object",
+                "properties": {"result": {"type": "null"}},
+                "required": ["result"],
+                "additionalProperties": False,
+            },
+        )
+    else:
+        result: dict[str, Any] = {"type": "null"}
+        for field in method.result_cls.thrift_spec.values():
+            if field[1] == "success":
+                result = types.schema(*split_field_spec(field))
+        responses["200"] = {
+            "description": "The method's result (`null` for a void method).",
+            "content": {
+                _JSON: {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"result": result},
+                        "required": ["result"],
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        }
+    thrown: dict[int, list[Any]] = {}
+    for _, cls in method.exceptions:
+        thrown.setdefault(statuses[cls], []).append(cls)
+    for status in sorted(set(_STANDARD_ERRORS) | set(thrown)):
+        standard = _STANDARD_ERRORS.get(status)
+        classes = thrown.get(status, [])
+        if not classes:
+            assert standard is not None  # a status is standard, thrown, or both
+            responses[str(status)] = {"$ref": _RESPONSES + standard[0]}
+            continue
+        bodies = [_ref(f"{_ERROR}.{types.names[cls]}") for cls in classes]
+        listed = ", ".join(cls.__name__ for cls in classes)
+        description = f"A declared exception: {listed}."
+        if standard:
+            # The generic Error also matches every exception body, so not oneOf here.
+            schema: dict[str, Any] = {"anyOf": [_ref(_ERROR), *bodies]}
+            description = f"{standard[1]} Or a declared exception: {listed}."
+        elif len(bodies) == 1:
+            schema = bodies[0]
+        else:
+            schema = {"oneOf": bodies}
+        responses[str(status)] = {
+            "description": description,
+            "content": {_JSON: {"schema": schema}},
+        }
+    return responses
+
+
+def _method_operation(
+    service: ServiceInfo, method: MethodInfo, types: _Types, statuses: Mapping[Any, int]
+) -> dict[str, Any]:
+    body = types.fields_schema(method.args_cls)
+    kind = "oneway method" if method.oneway else "method"
+    return {
+        "operationId": f"{service.name}_{method.name}",
+        "summary": f"{service.name}.{method.name}",
+        "description": f"Calls the Thrift {kind} {service.name}.{method.name}.",
+        "tags": [service.name],
+        "requestBody": {
+            "description": "The arguments, by name.",
+            "required": "required" in body,
+            "content": {_JSON: {"schema": body}},
+        },
+        "responses": _method_responses(method, types, statuses),
+    }
+
+
+def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _readiness_schema() -> dict[str, Any]:
+    backend = {
+        "type": "object",
+        "properties": {
+            "service": {"type": "string"},
+            "address": {"type": "string"},
+            "up": {"type": "boolean"},
+            "in_flight": {"type": "integer", "minimum": 0},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["ready"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "backends": {"type": "array", "items": backend},
+        },
+    }
+
+
+def _operations_paths() -> dict[str, Any]:
+    def get(operation: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": operation,
+                "summary": summary,
+                "tags": ["operations"],
+                "responses": responses,
+            }
+        }
+
+    status = {"type": "object", "properties": {"status": {"const": "ok"}}}
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    return {
+        "/healthz": get(
+            "healthz",
+            "Liveness",
+            {"200": _json_response("The gateway's event loop answers.", status)},
+        ),
+        "/readyz": get(
+            "readyz",
+            "Readiness",
+            {
+                "200": _json_response(
+                    "Every service has a reachable backend.", _readiness_schema()
+                ),
+                "503": _json_response(
+                    "Some service has no reachable backend, or the gateway is shutting down.",
+                    _readiness_schema(),
+                ),
+            },
+        ),
+        "/metrics": get(
+            "metrics",
+            "Prometheus metrics",
+            {
+                "200": {
+                    "description": "Metrics in the Prometheus text exposition format.",
+                    "content": text,
+                }
+            },
+        ),
+        "/openapi.json": get(
+            "openapi",
+            "This document",
+            {"200": _json_response("The OpenAPI document of this gateway.", {"type": "object"})},
+        ),
+        "/docs": get(
+            "docs",
+            "Interactive API documentation",
+            {
+                "200": {
+                    "description": "A page to browse and try the API.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        ),
+    }
+
+
+def build_openapi(
+    services: Sequence[ServiceInfo],
+    *,
+    title: str = "offloop gateway",
+    version: str = "0.1.0",
+    exception_status: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Build the OpenAPI 3.1 document of a gateway in front of ``services``.
+
+    Args:
+        services: the services the gateway serves, in the order their paths are listed.
+        title: ``info.title``.
+        version: ``info.version``: the version of the API (not of OpenAPI).
+        exception_status: the HTTP status of a declared exception, by its Thrift name (as
+            ``GatewayConfig.exception_status``); others answer 422, and names no service
+            declares are ignored.
+
+    Returns:
+        The document, JSON-ready; it passes ``openapi_spec_validator.validate``.
+
+    Raises:
+        ValueError: two services share a name, or ``exception_status`` gives a status that is
+            not 4xx or 5xx.
+    """
+    names = [service.name for service in services]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"services with the same name: {', '.join(duplicates)}")
+    types = _Types(services)
+    statuses = _exception_statuses(types, exception_status)
+
+    schemas: dict[str, Any] = {_ERROR: _error_schema()}
+    for cls in types.classes:
+        schemas[types.names[cls]] = types.component(cls)
+    for cls in types.exceptions():
+        component = types.names[cls]
+        schemas[f"{_ERROR}.{component}"] = _exception_error_schema(cls.__name__, component)
+
+    paths: dict[str, Any] = {}
+    for service in services:
+        for method in service.methods.values():
+            paths[f"/rpc/{service.name}/{method.name}"] = {
+                "post": _method_operation(service, method, types, statuses)
+            }
+    paths.update(_operations_paths())
+
+    responses = {
+        name: {"description": description, "content": {_JSON: {"schema": _ref(_ERROR)}}}
+        for name, description in _STANDARD_ERRORS.values()
+    }
+    tags = [{"name": name, "description": f"The Thrift service {name}."} for name in names]
+    tags.append({"name": "operations", "description": "Health and metrics of the gateway."})
+    return {
+        "openapi": _OPENAPI_VERSION,
+        "info": {"title": title, "version": version},
+        "tags": tags,
+        "paths": paths,
+        "components": {"schemas": schemas, "responses": responses},
+    }
