@@ -3,7 +3,10 @@
 // and waiting (sleep).
 namespace py textlab
 
-/** A node of a syntax tree: a phrase label with children, or a word (leaf). */
+/**
+ * A node of a syntax tree: a phrase (label such as NP, children) or a word (a leaf: label its
+ * part of speech such as N or Det, no children, `word` set).
+ */
 struct TreeNode {
   1: required string label,
   /** Indexes into ParseResult.nodes; empty for a leaf. */
@@ -13,11 +16,11 @@ struct TreeNode {
 }
 
 struct ParseResult {
-  /** The tree in bracketed (Penn-style) notation. */
+  /** The tree in bracketed (Penn-style) notation, on one line: "(S (NP (Det the) (Nom (N dog))) ...)". */
   1: required string bracketed,
-  /** The tree as a flat list of nodes; nodes[0] is the root. */
+  /** The tree as a flat list of nodes in pre-order; nodes[0] is the root. */
   2: required list<TreeNode> nodes,
-  /** How many parses the grammar allows; the first is returned. */
+  /** How many parses the grammar allows, counted up to 1000; the first is returned. */
   3: required i32 ambiguity,
 }
 
@@ -34,10 +37,13 @@ exception InvalidArgument {
 }
 
 service TextLab {
-  /** Light: echoes its argument. */
+  /** Light: echoes its argument (up to 64 KiB of UTF-8). */
   string ping(1: string msg),
 
-  /** Real syntactic parsing (NLTK chart parser, a shipped English grammar). */
+  /**
+   * Real syntactic parsing (NLTK's Earley chart parser, a shipped English grammar) of a
+   * sentence of 1 to 40 words; words are lowercased and .,!?;: stripped.
+   */
   ParseResult parse(1: string sentence) throws (1: ParseError error, 2: InvalidArgument invalid),
 
   /** Calibrated pure-Python CPU work for about `millis` ms; returns the iterations run. */
