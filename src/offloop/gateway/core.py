@@ -81,7 +81,9 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+def json_response(
+    status: int, payload: Any, headers: list[tuple[str, str]] | None = None
+) -> Response:
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
     return Response(status, body, [("content-type", _JSON), *(headers or [])])
 
@@ -116,9 +118,7 @@ class Gateway:
                 registry=self.metrics.registry,
             )
         self._openapi = json.dumps(
-            build_openapi(
-                list(self.services.values()), exception_status=config.exception_status
-            )
+            build_openapi(list(self.services.values()), exception_status=config.exception_status)
         ).encode()
         self._inflight = 0
         self.metrics.track_inflight(lambda: self._inflight)
@@ -259,13 +259,12 @@ class Gateway:
     async def _rpc(self, request: Request, info: ServiceInfo, method: MethodInfo) -> Response:
         ctype = request.headers.get("content-type", "")
         if ctype.split(";", 1)[0].strip().lower() != _JSON:
-            return error_response(
-                415, f"content-type must be {_JSON}, got {ctype or 'none'!r}"
-            )
+            return error_response(415, f"content-type must be {_JSON}, got {ctype or 'none'!r}")
         if len(request.body) > self.config.max_body:
             return error_response(
-                413, f"body of {len(request.body)} bytes is over the limit of "
-                f"{self.config.max_body} bytes"
+                413,
+                f"body of {len(request.body)} bytes is over the limit of "
+                f"{self.config.max_body} bytes",
             )
         try:
             timeout = self._timeout(request.headers)

@@ -355,6 +355,9 @@ def _method_responses(
             description = f"{standard[1]} Or a declared exception: {listed}."
         elif len(bodies) == 1:
             schema = bodies[0]
+        elif len({cls.__name__ for cls in classes}) < len(classes):
+            # Two IDLs' exceptions of one name: error.type cannot tell them apart.
+            schema = {"anyOf": bodies}
         else:
             schema = {"oneOf": bodies}
         responses[str(status)] = {

@@ -16,16 +16,19 @@ from offloop.gateway.core import Gateway, Request, Response, error_response
 
 __all__ = ["make_application", "make_server"]
 
+#: Tornado's own body limit while a request streams in: none that a client could reach, so
+#: that this handler, not Tornado, refuses a body over ``max_body`` (with 413, not 400).
+_NO_LIMIT = 1 << 62
+
 
 @tornado.web.stream_request_body
 class _GatewayHandler(tornado.web.RequestHandler):
     gateway: Gateway
 
-    def initialize(self, gateway: Gateway) -> None:  # type: ignore[override]
+    def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._chunks: list[bytes] = []
         self._size = 0
-        self._too_large = False
         self._task: asyncio.Task[Any] | None = None
 
     def set_default_headers(self) -> None:
@@ -42,18 +45,29 @@ class _GatewayHandler(tornado.web.RequestHandler):
         limit = self.gateway.config.max_body
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
-            self._write(error_response(413, f"body of {declared} bytes is over the limit of "
-                                             f"{limit} bytes"))
+            self._refuse_body(f"body of {declared} bytes is over the limit of {limit} bytes")
             return
-        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+        # Tornado answers a chunked body over its own limit with a 400, before the handler
+        # sees the chunk that crosses it; so its limit is lifted here (a declared length is
+        # checked above) and data_received answers 413 as soon as the body crosses ours.
+        self.request.connection.set_max_body_size(_NO_LIMIT)  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return  # answered already; Tornado closes the connection after the answer
         self._size += len(chunk)
-        if self._size > self.gateway.config.max_body:
-            self._too_large = True
+        limit = self.gateway.config.max_body
+        if self._size > limit:
             self._chunks.clear()
-        elif not self._too_large:
-            self._chunks.append(chunk)
+            self._refuse_body(f"body is over the limit of {limit} bytes")
+            return
+        self._chunks.append(chunk)
+
+    def _refuse_body(self, message: str) -> None:
+        # Answered before the body is read, so Tornado closes the connection afterwards; say
+        # so, or a client reuses the connection and its next request is lost.
+        self.set_header("Connection", "close")
+        self._write(error_response(413, message))
 
     def _write(self, response: Response) -> None:
         self.set_status(response.status)
@@ -63,10 +77,6 @@ class _GatewayHandler(tornado.web.RequestHandler):
 
     async def _serve(self) -> None:
         if self._finished:
-            return
-        if self._too_large:
-            self._write(error_response(413, f"body is over the limit of "
-                                             f"{self.gateway.config.max_body} bytes"))
             return
         request = Request(
             self.request.method or "GET",
@@ -88,10 +98,13 @@ class _GatewayHandler(tornado.web.RequestHandler):
             self._write(response)
 
     def on_connection_close(self) -> None:
+        # The base class fails the body future of a streamed request: without it, a client
+        # that goes away mid-body leaves this handler waiting for the body forever.
+        super().on_connection_close()
         if self._task is not None:
             self._task.cancel()  # the client went away: free its call's slot
 
-    get = post = put = delete = patch = head = options = _serve  # type: ignore[assignment]
+    get = post = put = delete = patch = head = options = _serve
 
 
 def make_application(gateway: Gateway) -> tornado.web.Application:

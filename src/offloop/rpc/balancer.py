@@ -161,8 +161,9 @@ class Balancer:
                 self.mark_down(backend, "health probe could not connect")
                 await backend.target.close()  # drop connections to the dead peer
             else:
-                backend._delay = min(max(backend._delay * 2, self.health.probe_min),
-                                     self.health.probe_max)
+                backend._delay = min(
+                    max(backend._delay * 2, self.health.probe_min), self.health.probe_max
+                )
             due[backend] = loop.time() + backend._delay
 
     async def _probe_loop(self) -> None:

@@ -74,7 +74,11 @@ class ThreadPool:
     def _init_thread(self) -> None:
         if self._nice:
             try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+                # Added to the niceness the thread inherited, as the process pool's os.nice().
+                tid = threading.get_native_id()
+                os.setpriority(
+                    os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self._nice)
+                )
             except OSError as exc:  # not permitted or not Linux: run at normal priority
                 log.debug("cannot renice pool thread: %s", exc)
 

@@ -38,6 +38,8 @@ class WorkerConfig:
         admin_host: address of the admin HTTP port.
         admin_port: HTTP port for ``/healthz`` and ``/metrics``; None for none.
         max_connections: connections served at once; more are closed on accept.
+        batching: whether calls of ``@batched`` handler methods are merged into batches;
+            when off, each call is a batch of one.
     """
 
     idl: str
@@ -56,6 +58,7 @@ class WorkerConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
     max_connections: int = 10_000
+    batching: bool = True
 
     def __post_init__(self) -> None:
         if self.workers == 0:

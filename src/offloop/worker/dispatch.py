@@ -68,6 +68,10 @@ class Dispatcher:
         self._service = service
         self._handler = handler
         self._codec = MessageCodec(protocol)
+        # A batched method takes a list of calls even when a batch holds only one.
+        self._batched = frozenset(batch_options(handler))
+        # A batched method takes a list of calls, so it is called that way even alone.
+        self._batched = frozenset(batch_options(handler))
         missing = [m for m in service.methods if not callable(getattr(handler, m, None))]
         if missing:
             raise TypeError(
@@ -77,7 +81,7 @@ class Dispatcher:
 
     def __call__(self, frames: Sequence[bytes]) -> list[Reply]:
         """Run each call of ``frames`` (one frame, or a batch of one batched method)."""
-        if len(frames) == 1:
+        if len(frames) == 1 and self._codec.read_header(frames[0]).name not in self._batched:
             return [self.call_one(frames[0])]
         return self.call_batch(frames)
 
@@ -106,6 +110,8 @@ class Dispatcher:
         if not isinstance(decoded[0], Header):
             return decoded
         header, method, args = decoded
+        if method.name in self._batched:
+            return self.call_batch([frame])[0]
         fn: Callable[..., Any] = getattr(self._handler, method.name)
         try:
             value = fn(*(getattr(args, name) for name in method.arg_names))
@@ -179,7 +185,22 @@ class Dispatcher:
                     return "exception", None
                 result = method.result_cls()
                 setattr(result, field_name, exc)
-                return "exception", self._codec.encode_reply(method.name, header.seqid, result)
+                try:
+                    return "exception", self._codec.encode_reply(method.name, header.seqid, result)
+                except Exception as encode_exc:
+                    log.error(
+                        "%s raised a %s that does not match the IDL: %r",
+                        method.name,
+                        type(exc).__name__,
+                        encode_exc,
+                    )
+                    return "error", self._codec.application_error(
+                        method.name,
+                        header.seqid,
+                        TApplicationException.INTERNAL_ERROR,
+                        f"handler raised a {type(exc).__name__} that does not match the IDL "
+                        f"for {method.name}: {type(encode_exc).__name__}: {encode_exc}",
+                    )
         log.error("%s raised %s: %s", method.name, type(exc).__name__, exc, exc_info=exc)
         if method.oneway:
             return "error", None
@@ -202,10 +223,17 @@ class DispatcherFactory:
     service: str
     handler: str
     protocol: ProtocolName = "binary"
+    pool: str = "thread"
+    workers: int = 1
 
     def __call__(self) -> Dispatcher:
         info = service_info(load_idl(self.idl_path), self.service)
-        return Dispatcher(info, load_handler(self.handler), self.protocol)
+        handler = load_handler(self.handler)
+        # Optional hook: a handler that sizes its own thread use (torch, BLAS) by the pool.
+        setup = getattr(handler, "setup_pool", None)
+        if callable(setup):
+            setup(self.pool, self.workers)
+        return Dispatcher(info, handler, self.protocol)
 
     def batch_methods(self) -> dict[str, tuple[int, float]]:
         """Batched methods of the handler class: name -> (max_batch, max_wait seconds)."""

@@ -61,6 +61,13 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.batch_size = Histogram(
+            "offloop_worker_batch_size",
+            "Calls merged into one batch of a batched method.",
+            ["method"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         r.register(_PoolCollector(stats))
 
     def observe(self, method: str, outcome: str, seconds: float) -> None:

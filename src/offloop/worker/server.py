@@ -21,6 +21,7 @@ connections by ``max_connections``; a client that does not read its replies stop
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any, cast
@@ -134,7 +135,12 @@ class WorkerServer:
         self.config = config
         self.service: ServiceInfo = service_info(load_idl(config.idl), config.service)
         self._factory = DispatcherFactory(
-            config.idl, config.service, config.handler, config.protocol
+            config.idl,
+            config.service,
+            config.handler,
+            config.protocol,
+            config.pool,
+            config.workers,
         )
         self.pool: Pool = pool if pool is not None else build_pool(config, self._factory)
         self.metrics = WorkerMetrics(self.pool.stats)
@@ -150,10 +156,13 @@ class WorkerServer:
 
     async def start(self) -> None:
         """Start the pool, then listen. Raises if the handler cannot start."""
-        for name, (max_batch, max_wait) in self._factory.batch_methods().items():
+        batched = self._factory.batch_methods() if self.config.batching else {}
+        for name, (max_batch, max_wait) in batched.items():
             if name in self.service.methods:
                 self._batchers[name] = Batcher(
-                    self._run_batch, max_batch=max_batch, max_wait=max_wait
+                    functools.partial(self._run_batch, name),
+                    max_batch=max_batch,
+                    max_wait=max_wait,
                 )
         await self.pool.start()
         loop = asyncio.get_running_loop()
@@ -284,7 +293,8 @@ class WorkerServer:
         if reply is not None and header.type == CALL:
             conn.send(reply)
 
-    async def _run_batch(self, frames: list[bytes]) -> list[Any]:
+    async def _run_batch(self, method: str, frames: list[bytes]) -> list[Any]:
+        self.metrics.batch_size.labels(method).observe(len(frames))
         return list(await self.pool.run(frames, timeout=self.config.call_timeout))
 
     async def _dispatch(self, header: Header, frame: bytes) -> Reply:
