@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -274,10 +275,21 @@ async def serve_gateway(gateway: Gateway, *, ready: asyncio.Event | None = None)
         timeout_graceful_shutdown=int(config.grace) or 1,
     )
     userver = uvicorn.Server(uconfig)
-    log.info("gateway (uvicorn, %s mode) on http://%s:%d", config.mode, config.host, config.port)
-    if ready is not None:
-        ready.set()
-    await userver.serve()
+    # Our two-stage signal handling, not uvicorn's: it re-raises the signal after serving,
+    # which turns a clean Ctrl-C into a KeyboardInterrupt traceback.
+    userver.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    with graceful_exit() as stop:
+        serving = asyncio.get_running_loop().create_task(userver.serve())
+        stopping = asyncio.get_running_loop().create_task(stop.wait())
+        log.info(
+            "gateway (uvicorn, %s mode) on http://%s:%d", config.mode, config.host, config.port
+        )
+        if ready is not None:
+            ready.set()
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        userver.should_exit = True
+        stopping.cancel()
+        await serving
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(ns)
     except ValueError as exc:
         parser.error(str(exc))
+    except KeyboardInterrupt:  # Ctrl-C outside the serving loop (start-up, clean-up)
+        return 130
     return 0
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +20,9 @@ import time
 __all__ = ["run_demo"]
 
 log = logging.getLogger("offloop.demo")
+
+#: prctl option: the signal a process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
 
 #: Seconds the worker may take to start its pool (imports NLTK and numpy in each child).
 WORKER_START_TIMEOUT = 60.0
@@ -36,6 +41,16 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout:
     raise RuntimeError(f"the worker did not listen on {host}:{port} within {timeout:.0f} s")
 
 
+def _die_with_parent() -> None:
+    """In the worker, before exec: get SIGTERM when ``offloop up`` dies, however it dies
+    (a second Ctrl-C exits it at once, skipping its clean-up)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the clean-up path still stops the worker
+        pass
+
+
 def run_demo(ns: argparse.Namespace) -> int:
     """Start the worker, then serve the gateway until Ctrl-C; returns the exit status."""
     from offloop.cli import _install_uvloop, build_gateway, gateway_config, serve_gateway
@@ -51,7 +66,7 @@ def run_demo(ns: argparse.Namespace) -> int:
         "--grace", str(ns.grace),
     ]  # fmt: skip
     # Its own session: a terminal's Ctrl-C reaches only us, and we stop the worker once.
-    worker = subprocess.Popen(worker_cmd, start_new_session=True)
+    worker = subprocess.Popen(worker_cmd, start_new_session=True, preexec_fn=_die_with_parent)
     try:
         _wait_for_port("127.0.0.1", ns.worker_port, worker, WORKER_START_TIMEOUT)
         gateway = build_gateway(gateway_config(ns, [f"127.0.0.1:{ns.worker_port}"]))
@@ -64,7 +79,7 @@ def run_demo(ns: argparse.Namespace) -> int:
             f"  metrics:  {url}/metrics\n"
             f"  try:      curl -X POST {url}/rpc/TextLab/parse "
             f"-H 'content-type: application/json' "
-            f"-d '{{\"sentence\": \"the dog saw a man in the park\"}}'\n"
+            f'-d \'{{"sentence": "the dog saw a man in the park"}}\'\n'
             f"Ctrl-C stops everything.\n",
             flush=True,
         )
@@ -75,7 +90,7 @@ def run_demo(ns: argparse.Namespace) -> int:
             worker.terminate()
             try:
                 worker.wait(ns.grace + 5)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # overstayed, or Ctrl-C again
                 worker.kill()
                 worker.wait()
     return 0

@@ -33,7 +33,11 @@ class Target(Protocol):
     @property
     def in_flight(self) -> int: ...
 
-    async def close(self) -> None: ...
+    async def drop_connections(self) -> None:
+        """Drop open connections (the backend looks dead) but stay usable."""
+
+    async def close(self) -> None:
+        """Close for good (shutdown)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ class Balancer:
         else:
             if backend.up:
                 self.mark_down(backend, "health probe could not connect")
-                await backend.target.close()  # drop connections to the dead peer
+                await backend.target.drop_connections()  # the peer may come back
             else:
                 backend._delay = min(
                     max(backend._delay * 2, self.health.probe_min), self.health.probe_max

@@ -223,6 +223,15 @@ class ConnectionPool:
 
     # -- closing ---------------------------------------------------------------------------
 
+    async def drop_connections(self) -> None:
+        """Close every connection but keep the pool usable: the next call reconnects.
+
+        For a backend found dead by a health probe: its connections are of no more use, but
+        the backend may come back.
+        """
+        conns, self._conns = self._conns, []
+        await asyncio.gather(*(conn.close() for conn in conns))
+
     async def close(self) -> None:
         """Close the pool: cancel a pending connect and close every connection.
 
