@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from offloop._signals import graceful_exit
+from offloop.errors import OffloopError
 from offloop.gateway.config import GatewayConfig, parse_backend
 from offloop.gateway.core import Gateway
 from offloop.idl import load_idl, service_info, service_names
@@ -317,20 +318,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
     try:
-        if ns.command == "worker":
-            config = worker_config(ns)
-            _install_uvloop()
-            asyncio.run(_run_worker(config))
-        elif ns.command == "gateway":
-            gateway = build_gateway(gateway_config(ns))
-            _install_uvloop()
-            asyncio.run(serve_gateway(gateway))
-        elif ns.command == "up":
+        if ns.command == "up":
             from offloop.demo.up import run_demo
 
             return run_demo(ns)
-    except ValueError as exc:
-        parser.error(str(exc))
+        # Configuration errors are the user's: a usage message and status 2.
+        try:
+            if ns.command == "worker":
+                main_coro = _run_worker(worker_config(ns))
+            else:
+                main_coro = serve_gateway(build_gateway(gateway_config(ns)))
+        except (ValueError, OffloopError) as exc:
+            parser.error(str(exc))
+        _install_uvloop()
+        try:
+            asyncio.run(main_coro)
+        except (OffloopError, ImportError, OSError) as exc:  # start-up failed: say why, once
+            log.error("%s failed to start: %s", ns.command, exc)
+            return 1
     except KeyboardInterrupt:  # Ctrl-C outside the serving loop (start-up, clean-up)
         return 130
     return 0
