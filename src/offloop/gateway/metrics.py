@@ -14,7 +14,21 @@ __all__ = ["LATENCY_BUCKETS", "GatewayMetrics"]
 
 #: From 0.5 ms (a /healthz on an idle loop) to 60 s (past the default 30 s deadline).
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
     60.0,
 )
 
@@ -32,12 +46,17 @@ class GatewayMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
-            "offloop_gateway_requests", "HTTP requests answered, by route and status.",
-            ["route", "status"], registry=self.registry,
+            "offloop_gateway_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "offloop_gateway_request_seconds", "Time to answer an HTTP request, by route.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "offloop_gateway_request_seconds",
+            "Time to answer an HTTP request, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self._gateway_inflight: Callable[[], int] = lambda: 0
         self.registry.register(_BackendCollector(backends, lambda: self._gateway_inflight()))
@@ -61,15 +80,18 @@ class _BackendCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
-            "offloop_gateway_inflight_calls", "Calls in flight in the gateway.",
+            "offloop_gateway_inflight_calls",
+            "Calls in flight in the gateway.",
             value=self._inflight(),
         )
         up = GaugeMetricFamily(
-            "offloop_gateway_backend_up", "1 while a backend is in rotation, else 0.",
+            "offloop_gateway_backend_up",
+            "1 while a backend is in rotation, else 0.",
             labels=["service", "backend"],
         )
         busy = GaugeMetricFamily(
-            "offloop_gateway_backend_inflight_calls", "Calls in flight to a backend.",
+            "offloop_gateway_backend_inflight_calls",
+            "Calls in flight to a backend.",
             labels=["service", "backend"],
         )
         for s in self._backends():
