@@ -1,6 +1,7 @@
 """A TextLab handler with faults on demand, for worker tests (imported by child processes).
 
 ``ping(msg)`` reacts to commands in ``msg``: ``crash`` exits the process at once,
+``segfault`` dies of SIGSEGV,
 ``raise`` raises ValueError, ``badreturn`` returns a value the IDL cannot encode,
 ``apperror`` raises a TApplicationException, ``pid`` returns the process id and thread
 ident, ``nice`` the niceness of the thread running the call, anything else is echoed.
@@ -10,6 +11,7 @@ whose fields do not match the IDL, so it cannot be encoded).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -29,6 +31,8 @@ class Handler:
     def ping(self, msg: str) -> str:
         if msg == "crash":
             os._exit(3)
+        if msg == "segfault":
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
         if msg == "raise":
             raise ValueError("boom")
         if msg == "badreturn":

@@ -41,6 +41,26 @@ ProtocolName = Literal["binary", "compact"]
 _MIN_READ_BUFFER = 4096
 
 
+#: A compact varint of a 32-bit value (seqid, name length) takes at most 5 bytes. thriftpy2
+#: decodes a varint of any length, in time quadratic in its length (200 KB: seconds), so a
+#: run-on one is refused before thriftpy2 reads it.
+_MAX_VARINT32_BYTES = 5
+
+
+def _check_compact_header(data: bytes) -> None:
+    """Refuse a compact message header whose seqid or name-length varint runs on."""
+    pos = 2  # protocol id, then version and type
+    for what in ("seqid", "name length"):
+        for i in range(_MAX_VARINT32_BYTES):
+            if pos + i >= len(data):
+                return  # truncated: thriftpy2 reports it
+            if not data[pos + i] & 0x80:
+                pos += i + 1
+                break
+        else:
+            raise RemoteProtocolError(f"{what} varint is longer than {_MAX_VARINT32_BYTES} bytes")
+
+
 def _signed32(n: int) -> int:
     n = int(n)
     return n - (1 << 32) if n >= 1 << 31 else n
@@ -83,6 +103,7 @@ class MessageCodec:
         if self.protocol == "binary":
             size = max(len(data), _MIN_READ_BUFFER)
             return TCyBinaryProtocol(TCyBufferedTransport(io.BytesIO(data), buf_size=size))
+        _check_compact_header(data)
         return TCompactProtocol(TCyMemoryBuffer(data))
 
     # -- reading ------------------------------------------------------------------------

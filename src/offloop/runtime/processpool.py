@@ -15,7 +15,8 @@ failing every queued job; this pool supervises each child on its own:
 
 Children ignore ``SIGINT`` (a terminal's Ctrl-C reaches the whole process group; shutdown is
 the parent's decision), run at a lower CPU priority (``nice``), and exit when their socket
-closes, so they never outlive the parent.
+closes or, if they are running a call then, as soon as the parent process is gone, so they
+never outlive the parent.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ import multiprocessing
 import multiprocessing.context
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +53,8 @@ _READY_ID = 0
 #: Longest pause between restarts of a child whose start keeps failing.
 _MAX_RESTART_BACKOFF = 5.0
 _FIRST_RESTART_BACKOFF = 0.1
+#: Seconds between checks that the pool's process lives, where pidfds are not available.
+_OWNER_POLL = 0.5
 
 
 class WorkerStartError(OffloopError):
@@ -75,8 +81,41 @@ def _send_msg(sock: socket.socket, obj: Any) -> None:
     sock.sendall(_LEN.pack(len(body)) + body)
 
 
-def _child_main(sock: socket.socket, factory: JobFactory, nice: int) -> None:
+def _exit_with(owner: int) -> None:
+    """Exit this child at once when process ``owner`` (the pool's) is gone.
+
+    An idle child sees its socket close; one running a call would otherwise outlive an owner
+    that exited at once (a second signal, ``kill -9``) until the call returned, or for ever,
+    and keep the fork server alive with it (each of its children holds the server's
+    liveness pipe). Its parent is the fork server, so the parent-death signal cannot tell.
+    """
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd (not Linux, or older than 5.3): poll
+        pidfd = -1
+
+    def watch() -> None:
+        if pidfd >= 0:
+            select.select([pidfd], [], [])  # readable once the owner has exited
+        else:
+            while True:
+                time.sleep(_OWNER_POLL)
+                try:
+                    os.kill(owner, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="offloop-owner-watch", daemon=True).start()
+
+
+def _child_main(sock: socket.socket, factory: JobFactory, nice: int, owner: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with(owner)
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
@@ -197,7 +236,7 @@ class ProcessPool:
         parent_sock, child_sock = socket.socketpair()
         proc = self._ctx.Process(  # type: ignore[attr-defined]
             target=_child_main,
-            args=(child_sock, self._factory, self._nice),
+            args=(child_sock, self._factory, self._nice, os.getpid()),
             daemon=True,
             name="offloop-worker",
         )

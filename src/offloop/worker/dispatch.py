@@ -68,8 +68,6 @@ class Dispatcher:
         self._service = service
         self._handler = handler
         self._codec = MessageCodec(protocol)
-        # A batched method takes a list of calls even when a batch holds only one.
-        self._batched = frozenset(batch_options(handler))
         # A batched method takes a list of calls, so it is called that way even alone.
         self._batched = frozenset(batch_options(handler))
         missing = [m for m in service.methods if not callable(getattr(handler, m, None))]
@@ -81,7 +79,7 @@ class Dispatcher:
 
     def __call__(self, frames: Sequence[bytes]) -> list[Reply]:
         """Run each call of ``frames`` (one frame, or a batch of one batched method)."""
-        if len(frames) == 1 and self._codec.read_header(frames[0]).name not in self._batched:
+        if len(frames) == 1:
             return [self.call_one(frames[0])]
         return self.call_batch(frames)
 

@@ -1,0 +1,34 @@
+"""Job functions for the pool tests; child processes import them as ``jobs``.
+
+A job is a ``(command, argument)`` pair: ``("sleep", seconds)`` sleeps and returns the
+seconds, ``("pid", None)`` returns the process id, ``("raise", text)`` raises ValueError,
+anything else returns its argument.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def run(job: tuple[str, Any]) -> Any:
+    command, arg = job
+    if command == "sleep":
+        time.sleep(arg)
+        return arg
+    if command == "pid":
+        return os.getpid()
+    if command == "raise":
+        raise ValueError(arg)
+    return arg
+
+
+def factory() -> Any:
+    """Builds the job function (once per worker)."""
+    return run
+
+
+def failing_factory() -> Any:
+    """A handler that cannot start."""
+    raise RuntimeError("cannot start this handler")
