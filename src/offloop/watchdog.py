@@ -1,0 +1,681 @@
+"""A watchdog for event loops: loop lag, and stalls caught while they happen.
+
+One blocking call on an event loop (CPU work, ``time.sleep``, a sync socket or file read)
+stalls every request it serves at once. Tornado 6 dropped its blocking-log threshold and
+asyncio's debug mode costs too much to leave on, so :class:`LoopWatchdog` does the job for
+any asyncio loop: plain asyncio, uvloop, and Tornado's ``IOLoop`` (which runs on asyncio).
+
+How it works. Two parties share a few attributes and no lock:
+
+- **The heartbeat**, a plain ``loop.call_later`` callback chain on the loop (no task: that is
+  the cheapest thing a loop can run), every ``min(lag_interval, stall_threshold / 10)``
+  seconds. Each beat publishes ``(seq, time.monotonic(), thread CPU time)`` and measures its
+  own *lag*, how late it fired. Every ``lag_interval`` the worst lag of the beats since the
+  last sample goes into a histogram and a gauge, so a short stall between two samples still
+  shows. A beat later than ``stall_threshold`` also publishes itself, and the beat before it,
+  as *late*: that is the loop's own account of a stall, with its exact length.
+- **The watchdog thread** sleeps until the moment the loop, if it has not turned since its last
+  beat, would have stalled: the next beat's due time plus the threshold. Then it looks. If a
+  newer beat has come, the loop is fine and it sleeps again (about ten looks a second at the
+  default threshold). If not, the loop is stalled right now: the thread takes the stack of the
+  loop's thread (``sys._current_frames``), logs it once, and looks every ``check_interval``
+  until a newer beat shows that the loop turned. The stall's length is then the lag of that
+  beat, as the loop measured it; the stall is logged, counted and kept in
+  :attr:`LoopWatchdog.records`.
+
+A stall the thread could not see while it lasted (C code that holds the GIL, or a process
+that got no CPU at all) is still found afterwards through the late beat: counted, logged and
+recorded, without a stack. Each stall also carries the share of it the loop thread spent on a
+CPU, which tells computing (near 100%) from waiting (near 0%); and a stack with no code of
+the loop's running, only its poll, is named :data:`IDLE_POLL`: the host starved the process,
+nothing on the loop blocked it. A loop that is not running (stopped between
+``run_until_complete`` calls, say) is paused, not stalled.
+
+The thread only reads what the loop writes and the loop never waits for the thread, so the
+watchdog cannot itself stall the loop. The loop pays one small callback (3-5 microseconds)
+per beat, 100 a second at the default threshold; the thread looks about 10 times a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+import types
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from tornado.ioloop import IOLoop
+
+__all__ = [
+    "IDLE_POLL",
+    "LAG_BUCKETS",
+    "STALL_BUCKETS",
+    "LoopWatchdog",
+    "StallRecord",
+    "WatchdogConfig",
+    "watch_tornado",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+#: The ``blocking_function`` of a stall during which no code on the loop was running: the loop
+#: thread sat in the loop's own poll or bookkeeping, so it was the process that did not get
+#: the CPU (an overloaded host, a paused VM or container, swapping), not a blocking call.
+IDLE_POLL = "<event loop poll>"
+_STARVED = " (an overloaded host, a paused VM or container, or swapping)"
+_IDLE_HINT = (
+    " (no code on the loop is running: the process is not getting the CPU; an overloaded host,"
+    " a paused VM or container, or swapping)"
+)
+# A stall with at least this share of it on CPU was computing, not waiting.
+_CPU_BOUND = 0.5
+
+# From 0.1 ms (a healthy loop) to 5 s (a loop that is effectively dead).
+LAG_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+# A stall is at least the threshold (100 ms by default); a minute is as long as anyone waits.
+STALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Heartbeats per stall threshold: a stall's measured length is short by at most one beat, so a
+# tenth of the threshold; a beat costs the loop 3-5 us, so 100 beats/s cost under 0.05%.
+_BEATS_PER_THRESHOLD = 10
+# How long after the earliest moment a stall can be declared the thread looks: timer slack.
+_WAKE_MARGIN = 0.001
+# Late beats kept for the thread to account for; more than this many stalls between two of
+# its looks (10 a second) would mean the thread itself is starved.
+_MAX_LATE = 16
+# How long stop() waits for the watchdog thread; it wakes at once, so this is only a guard.
+_JOIN_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """How a :class:`LoopWatchdog` samples lag and detects stalls.
+
+    Attributes:
+        lag_interval: seconds between two samples of the loop-lag histogram and gauge. Each
+            sample is the worst lag seen since the previous one.
+        stall_threshold: the loop has stalled when it has not turned for longer than this
+            many seconds (``--stall-threshold``).
+        check_interval: seconds between two looks of the watchdog thread while a stall lasts
+            or the loop is paused (a healthy loop is looked at once per threshold); ``None``
+            means a quarter of ``stall_threshold``. At most ``stall_threshold``.
+        log_stacks: whether the warning logged while a stall lasts includes the loop thread's
+            stack (the blocking function is always named).
+        max_stack_depth: the number of innermost frames kept in a stall's stack.
+        max_records: how many recent :class:`StallRecord` objects are kept; older ones are
+            dropped (they stay counted in the metrics).
+    """
+
+    lag_interval: float = 0.25
+    stall_threshold: float = 0.1
+    check_interval: float | None = None
+    log_stacks: bool = True
+    max_stack_depth: int = 40
+    max_records: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("lag_interval", "stall_threshold"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.check_interval is not None and not (
+            math.isfinite(self.check_interval) and 0 < self.check_interval <= self.stall_threshold
+        ):
+            raise ValueError(
+                "check_interval must be positive and at most stall_threshold "
+                f"({self.stall_threshold!r}), not {self.check_interval!r}"
+            )
+        if self.max_stack_depth < 1:
+            raise ValueError(f"max_stack_depth must be at least 1, not {self.max_stack_depth!r}")
+        if self.max_records < 1:
+            raise ValueError(f"max_records must be at least 1, not {self.max_records!r}")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between two heartbeats.
+
+        A stall is measured by the lateness of the first beat after it, which is short of the
+        true length by up to one beat: a tenth of the threshold at most.
+        """
+        return min(self.lag_interval, self.stall_threshold / _BEATS_PER_THRESHOLD)
+
+    @property
+    def effective_check_interval(self) -> float:
+        """Seconds between two looks of the watchdog thread while a stall lasts."""
+        if self.check_interval is None:
+            return self.stall_threshold / 4
+        return self.check_interval
+
+
+@dataclass(frozen=True)
+class StallRecord:
+    """One stall of the loop.
+
+    Attributes:
+        started_at: ``time.monotonic()`` when the loop was due to turn and did not.
+        duration: how long the loop did not turn, in seconds: the lateness of the first
+            heartbeat after the stall, so short by at most one heartbeat interval (a tenth of
+            the threshold); ``None`` while the stall goes on.
+        stack: the formatted stack of the loop thread taken during the stall, innermost frame
+            last; empty when none could be taken.
+        blocking_function: the innermost frame of ``stack`` outside the standard library,
+            asyncio, uvloop, Tornado and this module, as ``module:qualname (file:line)``; the
+            innermost frame when all are internal; :data:`IDLE_POLL` when no code on the loop
+            was running (the process was starved of CPU); empty when there is no stack.
+        seen_live: whether the watchdog saw the stall while it was happening. A stall that
+            ended between two checks, or while C code held the GIL, is only known afterwards.
+        cpu_share: the share of the stall the loop thread spent on a CPU (measured from the
+            beat before the stall to the one after it): near 1 for CPU-bound code, near 0 for
+            a blocking wait (sleep, I/O, a lock); in between when both happened, or when the
+            host starved the process of CPU. ``None`` while ongoing, or when the loop was
+            stopped before it could beat again.
+    """
+
+    started_at: float
+    duration: float | None
+    stack: str
+    blocking_function: str
+    seen_live: bool = True
+    cpu_share: float | None = None
+
+
+class _Beat(NamedTuple):
+    """One heartbeat, as the loop thread published it."""
+
+    seq: int
+    at: float  # time.monotonic()
+    cpu: float  # time.thread_time() of the loop thread
+
+
+class _Late(NamedTuple):
+    """A beat that came more than the threshold late, and the beat before it."""
+
+    beat: _Beat
+    previous: _Beat
+    due: float
+    lag: float
+
+    @property
+    def cpu_share(self) -> float | None:
+        wall = self.beat.at - self.previous.at
+        if wall <= 0:
+            return None
+        return min(1.0, max(0.0, (self.beat.cpu - self.previous.cpu) / wall))
+
+
+@dataclass(frozen=True)
+class _Stall:
+    """The stall the watchdog thread is watching: the beat after ``seq`` has not come."""
+
+    seq: int
+    started_at: float
+    blocking_function: str
+
+
+class LoopWatchdog:
+    """Measures an event loop's lag and reports the loop's stalls while they happen.
+
+    Use it as ``async with LoopWatchdog(config, registry=...)`` inside the loop, or call
+    :meth:`start` on the loop's thread and :meth:`stop` at shutdown. One watchdog watches one
+    loop once; it owns one daemon thread and one timer handle, and :meth:`stop` ends both (the
+    thread also ends by itself once the loop is closed). The four metrics are registered on
+    ``registry`` (a private registry when none is given), so a registry holds one watchdog.
+
+    Args:
+        config: thresholds and intervals.
+        registry: where the metrics are registered.
+        logger: where stalls are logged (``offloop.watchdog`` by default).
+        namespace: the prefix of the metric names (``offloop_loop_lag_seconds``...).
+    """
+
+    def __init__(
+        self,
+        config: WatchdogConfig | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        logger: logging.Logger | None = None,
+        namespace: str = "offloop",
+    ) -> None:
+        self.config = WatchdogConfig() if config is None else config
+        self.registry = CollectorRegistry() if registry is None else registry
+        self._log = LOGGER if logger is None else logger
+        self._lag = Histogram(
+            "loop_lag_seconds",
+            "How late the event loop ran a timer, worst per sample.",
+            namespace=namespace,
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self._lag_last = Gauge(
+            "loop_lag_last_seconds",
+            "The last loop-lag sample.",
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self._stalls = Counter(
+            "loop_stalls",
+            "Stalls of the event loop longer than the stall threshold.",
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self._stall_seconds = Histogram(
+            "loop_stall_seconds",
+            "How long the event loop did not turn, per stall.",
+            namespace=namespace,
+            buckets=STALL_BUCKETS,
+            registry=self.registry,
+        )
+        self._period = self.config.heartbeat_interval
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread_id = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._timer: asyncio.Handle | None = None
+        self._records: collections.deque[StallRecord] = collections.deque(
+            maxlen=self.config.max_records
+        )
+        self._records_lock = threading.Lock()
+        self._stalls_total = 0
+        # Written only by the loop thread, one attribute store each: readers see whole tuples.
+        self._beat: _Beat | None = None
+        self._late: collections.deque[_Late] = collections.deque(maxlen=_MAX_LATE)
+        # Written only by the watchdog thread, read by the loop: start the next lag afresh.
+        self._resync = False
+        # Loop-thread state: the frames that call callbacks, and lag samples.
+        self._dispatch: frozenset[types.CodeType] = frozenset()
+        self._worst_lag = 0.0
+        self._next_sample = 0.0
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | IOLoop | None = None) -> None:
+        """Start watching ``loop``; call this on the thread that runs it.
+
+        Args:
+            loop: an asyncio loop (uvloop included) or a Tornado ``IOLoop``; the running loop
+                when ``None``. The loop need not be running yet: the watchdog stays quiet
+                until it does.
+
+        Raises:
+            RuntimeError: if the watchdog was started before, if ``loop`` is ``None`` and no
+                loop is running, or if ``loop`` runs on another thread.
+            TypeError: if ``loop`` is neither an asyncio loop nor a Tornado IOLoop.
+        """
+        if self._loop is not None:
+            raise RuntimeError("a LoopWatchdog can be started only once")
+        aloop = _asyncio_loop(loop)
+        if aloop.is_running() and _running_loop() is not aloop:
+            raise RuntimeError("LoopWatchdog.start() must be called on the loop's own thread")
+        self._loop = aloop
+        self._loop_thread_id = threading.get_ident()
+        self._timer = aloop.call_soon(self._tick)
+        self._thread = threading.Thread(target=self._watch, name="offloop-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the heartbeat and the watchdog thread; safe to call more than once.
+
+        A stall still open is ended with the time it has lasted so far. Call it on the loop's
+        thread; from another thread the timer is cancelled through the loop.
+        """
+        if self._loop is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+        if threading.get_ident() == self._loop_thread_id:
+            self._cancel_timer()
+        elif not self._loop.is_closed():
+            # If it closes in the meantime there is nothing left to run the timer anyway.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._cancel_timer)
+        if self._thread is not None:
+            # The thread waits on _stopping, so it returns at once.
+            self._thread.join(_JOIN_TIMEOUT)
+
+    async def __aenter__(self) -> LoopWatchdog:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def records(self) -> list[StallRecord]:
+        """The most recent stalls, oldest first; an ongoing one has ``duration=None``."""
+        with self._records_lock:
+            return list(self._records)
+
+    @property
+    def stalls_total(self) -> int:
+        """How many stalls have ended since :meth:`start`."""
+        return self._stalls_total
+
+    @property
+    def running(self) -> bool:
+        """Whether the watchdog has been started and not stopped."""
+        return self._loop is not None and not self._stopping.is_set()
+
+    # -- the loop side --------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """The heartbeat: publish a beat, measure its lag, schedule the next one."""
+        if self._stopping.is_set():
+            return
+        loop = self._loop
+        assert loop is not None
+        previous = self._beat
+        beat = _Beat(
+            1 if previous is None else previous.seq + 1, time.monotonic(), time.thread_time()
+        )
+        resync = self._resync
+        if previous is None or resync:
+            # First beat, or the loop was paused: there is no due time to be late for. Note
+            # what runs callbacks (it may differ after a pause), to tell an idle loop apart.
+            self._dispatch = _dispatch_codes(sys._getframe(1))
+            self._next_sample = beat.at + self.config.lag_interval
+        else:
+            due = previous.at + self._period
+            lag = max(0.0, beat.at - due)
+            if lag > self.config.stall_threshold:
+                self._late.append(_Late(beat, previous, due, lag))
+            if lag > self._worst_lag:
+                self._worst_lag = lag
+            if beat.at >= self._next_sample:
+                self._lag.observe(self._worst_lag)
+                self._lag_last.set(self._worst_lag)
+                self._worst_lag = 0.0
+                self._next_sample = beat.at + self.config.lag_interval
+        self._beat = beat
+        if resync:
+            # Only now, after the fresh beat is published, may the thread look again.
+            self._resync = False
+        self._timer = loop.call_later(self._period, self._tick)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the watchdog thread ------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """The watchdog thread: look at the last beat when a stall could first be declared."""
+        loop = self._loop
+        assert loop is not None
+        threshold = self.config.stall_threshold
+        check = self.config.effective_check_interval
+        stall: _Stall | None = None
+        handled_late = 0  # seq of the last late beat accounted for
+        timeout = check
+        while not self._stopping.wait(timeout):
+            timeout = check
+            closed = loop.is_closed()
+            if closed or not loop.is_running():
+                # Not turning because nobody runs it: not a stall. Ask the loop to start its
+                # lag afresh, and wait until it has (its next beat is then newer than this).
+                if stall is not None:
+                    # It stopped right after the blocking call; it ended by now at the latest.
+                    self._end_stall(stall, time.monotonic() - stall.started_at, None)
+                    stall = None
+                if closed:
+                    break  # a closed loop never runs again: nothing left to watch
+                self._resync = True
+                continue
+            # Late beats first: the loop publishes one before its beat, so none is newer.
+            lates = [late for late in list(self._late) if late.beat.seq > handled_late]
+            beat = self._beat
+            if beat is None or self._resync:
+                continue
+            now = time.monotonic()
+            if lates:
+                handled_late = lates[-1].beat.seq
+
+            if stall is not None and beat.seq != stall.seq:
+                # The loop turned: the stall is over, and the first beat after it measured how
+                # late it was.
+                ending = next((x for x in lates if x.beat.seq == stall.seq + 1), None)
+                if ending is not None:
+                    lates.remove(ending)
+                    self._end_stall(stall, ending.lag, ending.cpu_share)
+                else:  # more late beats than _MAX_LATE since the last look
+                    self._end_stall(stall, max(threshold, beat.at - stall.started_at), None)
+                stall = None
+
+            for late in lates:
+                # A late beat this thread did not see coming: it could not run during the stall
+                # (C code held the GIL, or the host starved it) or woke just after it ended.
+                self._unseen_stall(late)
+
+            if stall is None:
+                due = beat.at + self._period
+                overdue = now - due
+                if overdue > threshold:
+                    stall = self._begin_stall(beat.seq, due, overdue)
+                else:
+                    # Nothing can be called a stall before then; a beat in between only moves
+                    # that moment later, which the next look finds out.
+                    timeout = due + threshold - now + _WAKE_MARGIN
+        if stall is not None:
+            # Stopped by the blocking code itself, before the loop turned again.
+            self._end_stall(stall, time.monotonic() - stall.started_at, None)
+
+    def _begin_stall(self, seq: int, started_at: float, overdue: float) -> _Stall:
+        stack, culprit = self._loop_stack()
+        where = culprit + _IDLE_HINT if culprit == IDLE_POLL else culprit
+        if self.config.log_stacks:
+            self._log.warning(
+                "event loop blocked for %.0f ms so far in %s\n%s", overdue * 1000, where, stack
+            )
+        else:
+            self._log.warning("event loop blocked for %.0f ms so far in %s", overdue * 1000, where)
+        self._add_record(StallRecord(started_at, None, stack, culprit))
+        return _Stall(seq, started_at, culprit)
+
+    def _end_stall(self, stall: _Stall, duration: float, cpu_share: float | None) -> None:
+        self._log.warning(
+            "event loop stall ended after %.0f ms (in %s%s)",
+            duration * 1000,
+            stall.blocking_function,
+            "" if cpu_share is None else f"; {cpu_share:.0%} of it on CPU",
+        )
+        self._count(duration)
+        with self._records_lock:
+            for i in range(len(self._records) - 1, -1, -1):
+                record = self._records[i]
+                if record.started_at == stall.started_at and record.duration is None:
+                    self._records[i] = dataclasses.replace(
+                        record, duration=duration, cpu_share=cpu_share
+                    )
+                    break
+
+    def _unseen_stall(self, late: _Late) -> None:
+        share = late.cpu_share
+        if share is None:
+            why = "the watchdog thread could not run"
+        elif share >= _CPU_BOUND:
+            why = "C code that holds the GIL kept the watchdog thread out"
+        else:
+            why = "the process did not get the CPU" + _STARVED
+        self._log.warning(
+            "event loop was blocked for %.0f ms%s, seen only afterwards so without a stack: %s",
+            late.lag * 1000,
+            "" if share is None else f" ({share:.0%} of it on CPU)",
+            why,
+        )
+        self._count(late.lag)
+        self._add_record(StallRecord(late.due, late.lag, "", "", seen_live=False, cpu_share=share))
+
+    def _count(self, duration: float) -> None:
+        self._stalls_total += 1
+        self._stalls.inc()
+        self._stall_seconds.observe(duration)
+
+    def _add_record(self, record: StallRecord) -> None:
+        with self._records_lock:
+            self._records.append(record)
+
+    def _loop_stack(self) -> tuple[str, str]:
+        """Format the loop thread's stack now; return it and its blocking function."""
+        frame = sys._current_frames().get(self._loop_thread_id)
+        if frame is None:
+            return "", ""
+        try:
+            return _format_stack(frame, self.config.max_stack_depth, self._dispatch)
+        finally:
+            del frame  # do not keep the loop's frames (and their locals) alive
+
+
+def watch_tornado(
+    ioloop: IOLoop | None = None,
+    config: WatchdogConfig | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    logger: logging.Logger | None = None,
+    namespace: str = "offloop",
+) -> LoopWatchdog:
+    """Start a :class:`LoopWatchdog` on a Tornado ``IOLoop``; call it on the loop's thread.
+
+    Args:
+        ioloop: the loop to watch; ``IOLoop.current()`` when ``None``.
+        config: thresholds and intervals.
+        registry: where the metrics are registered.
+        logger: where stalls are logged.
+        namespace: the prefix of the metric names.
+
+    Returns:
+        The started watchdog; call its :meth:`~LoopWatchdog.stop` at shutdown.
+    """
+    if ioloop is None:
+        from tornado.ioloop import IOLoop
+
+        ioloop = IOLoop.current()
+    watchdog = LoopWatchdog(config, registry=registry, logger=logger, namespace=namespace)
+    watchdog.start(ioloop)
+    return watchdog
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _asyncio_loop(loop: asyncio.AbstractEventLoop | IOLoop | None) -> asyncio.AbstractEventLoop:
+    """The asyncio loop behind ``loop`` (Tornado 6 IOLoops wrap one)."""
+    if loop is None:
+        running = _running_loop()
+        if running is None:
+            raise RuntimeError("no running event loop: pass the loop to LoopWatchdog.start()")
+        return running
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop
+    inner = getattr(loop, "asyncio_loop", None)
+    if isinstance(inner, asyncio.AbstractEventLoop):
+        return inner
+    raise TypeError(f"cannot watch {loop!r}: not an asyncio loop nor a Tornado IOLoop")
+
+
+def _internal_prefixes() -> tuple[str, ...]:
+    """Where the frames live that never *are* the blocking code, only what called it."""
+    prefixes = [os.path.abspath(__file__)]
+    stdlib = sysconfig.get_paths().get("stdlib")
+    if stdlib:
+        prefixes.append(os.path.join(os.path.realpath(stdlib), ""))
+        prefixes.append(os.path.join(stdlib, ""))
+    for name in ("uvloop", "tornado", "blockbuster"):
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if file:
+            prefixes.append(os.path.join(os.path.dirname(file), ""))
+    return tuple(prefixes)
+
+
+def _is_internal(filename: str, prefixes: tuple[str, ...]) -> bool:
+    if filename.startswith("<"):  # <frozen importlib._bootstrap> and the like
+        return True
+    if "site-packages" in filename or "dist-packages" in filename:
+        # A stdlib prefix may contain site-packages (no virtualenv); only named packages count.
+        return any(filename.startswith(p) for p in prefixes if "-packages" in p)
+    return filename.startswith(prefixes)
+
+
+def _describe(frame: types.FrameType, lineno: int) -> str:
+    module = frame.f_globals.get("__name__", "?")
+    code = frame.f_code
+    return f"{module}:{code.co_qualname} ({code.co_filename}:{lineno})"
+
+
+def _dispatch_codes(frame: types.FrameType | None) -> frozenset[types.CodeType]:
+    """The code of the frames that run a callback: ``frame``, the caller of one, and below.
+
+    ``asyncio.events.Handle._run`` is left out: it is on the stack only while a callback runs,
+    so a C function scheduled as a callback (``call_soon(time.sleep, 1)``) is not mistaken for
+    an idle loop. uvloop calls callbacks from C, where that cannot be told apart.
+    """
+    if frame is not None and frame.f_code is asyncio.events.Handle._run.__code__:
+        frame = frame.f_back
+    codes = set()
+    while frame is not None:
+        codes.add(frame.f_code)
+        frame = frame.f_back
+    return frozenset(codes)
+
+
+def _format_stack(
+    frame: types.FrameType, depth: int, dispatch: frozenset[types.CodeType]
+) -> tuple[str, str]:
+    """Format the innermost ``depth`` frames from ``frame`` and name the blocking one.
+
+    ``dispatch`` holds the code of the frames under a heartbeat callback: the loop's own
+    machinery and whatever started it. If the innermost frame, past the ``selectors`` module
+    asyncio polls with, is one of them, no code on the loop is running: :data:`IDLE_POLL`.
+    """
+    # One quick pass first: the thread may move on while we look (not while it is stalled).
+    walked: list[tuple[types.FrameType, int]] = []
+    f: types.FrameType | None = frame
+    while f is not None:
+        walked.append((f, f.f_lineno))
+        f = f.f_back
+    summary = traceback.StackSummary.extract(iter(walked[:depth]), lookup_lines=True)
+    summary.reverse()  # outermost first, as tracebacks read
+    stack = "".join(summary.format()).rstrip("\n")
+
+    inner = next((w for w in walked if w[0].f_globals.get("__name__") != "selectors"), None)
+    if inner is not None and inner[0].f_code in dispatch:
+        return stack, IDLE_POLL
+    prefixes = _internal_prefixes()
+    culprit = next(
+        (w for w in walked if not _is_internal(w[0].f_code.co_filename, prefixes)), walked[0]
+    )
+    return stack, _describe(*culprit)
