@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -242,6 +243,11 @@ def build_gateway(config: GatewayConfig) -> Gateway:
 async def serve_gateway(gateway: Gateway, *, ready: asyncio.Event | None = None) -> None:
     """Serve ``gateway`` with the configured HTTP server until SIGTERM/SIGINT."""
     config = gateway.config
+    # Everything made at start-up (modules, the IDL, the OpenAPI document) lives as long as
+    # the process: keep it out of the collector's full passes, which otherwise pause the
+    # loop for as long as it takes to walk all of it.
+    gc.collect()
+    gc.freeze()
     if config.server == "tornado":
         from offloop.gateway.tornado import make_server
 

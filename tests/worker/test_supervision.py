@@ -121,8 +121,11 @@ def test_call_past_its_deadline_is_answered_with_an_error(
         # Answered at the deadline, well before the call itself would have ended.
         assert took < 1.5, f"the deadline error came {took:.2f} s after the call"
         if pool == "process":
-            # The child was killed and replaced.
-            after = wait_until(lambda: raw.call("ping", "pid", seqid=3), timeout=5)
+            # The child was killed and replaced. Wait for the replacement before calling:
+            # a call queued behind a slow start on a loaded machine would meet the 0.5 s
+            # deadline itself.
+            wait_until(lambda: server.stats().alive == 1, timeout=5)
+            after = raw.call("ping", "pid", seqid=3)
             assert after.split(":")[0] != before.split(":")[0]
             assert not pid_alive(int(before.split(":")[0]))
             assert server.stats().restarts == 1

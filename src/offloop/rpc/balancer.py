@@ -161,6 +161,12 @@ class Balancer:
             self.mark_up(backend)
             due[backend] = loop.time() + self.health.probe_max
         else:
+            if backend.up and backend.target.in_flight:
+                # A connect that times out under load (a busy loop here or a slow accept
+                # there) is not a dead backend: its open connections still carry calls, and
+                # a broken one marks it down by itself. Dropping them would fail every call.
+                due[backend] = loop.time() + self.health.probe_max
+                return
             if backend.up:
                 self.mark_down(backend, "health probe could not connect")
                 await backend.target.drop_connections()  # the peer may come back
