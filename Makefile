@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= test,dl
+EXTRAS ?= test,dl,bench
 
 .PHONY: run test lint typecheck pytest bench clean
 
@@ -31,7 +31,8 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m bench $(if $(SCENARIO),--scenario $(SCENARIO)) $(if $(QUICK),--quick)
+	$(BIN)/python -m pip install -q -e '.[peer]' || echo "ray[serve] did not install: the peer scenario will say why"
+	$(BIN)/python -m bench $(if $(SCENARIO),--scenario $(SCENARIO)) $(if $(QUICK),--quick) $(if $(PUBLISH),--publish)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

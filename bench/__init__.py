@@ -1,0 +1,1 @@
+"""offloop's benchmark suite: ``python -m bench`` (see ``docs/performance.md``)."""
