@@ -17,6 +17,7 @@ SCENARIOS: dict[str, str] = {
     "worker": "bench.scenarios.worker",
     "overhead": "bench.scenarios.overhead",
     "peer": "bench.scenarios.peer",
+    "embed": "bench.scenarios.embed",
 }
 """Scenario name -> module."""
 

@@ -36,9 +36,11 @@ def run(ctx: Context) -> ScenarioResult:
     server_cpus = (cpus[0],) if pin else None
     gen_cpus = tuple(cpus[1:]) if pin else None
     pinning = (
-        f"Servers (fronts and the worker) are pinned to CPU {cpus[0]}, the generator to "
+        f"Fronts are pinned to CPU {cpus[0]}, the generator to "
         f"CPU{'s' if len(cpus) > 2 else ''} {', '.join(map(str, cpus[1:]))}: every front gets "
-        "one core, and the generator never competes with it."
+        "one core, as the hello worlds do, and the generator never competes with it. The "
+        "worker is the other tier: it runs beside the generator, not on the front's core "
+        "(the generator's CPU share shows it kept its headroom)."
         if pin
         else "Nothing is pinned (one CPU)."
     )
@@ -74,7 +76,7 @@ def run(ctx: Context) -> ScenarioResult:
         ]
         svcs.start(
             [s for _, s in specs]
-            + [worker("worker", pool="thread", workers=4, max_queued=256, cpus=server_cpus)],
+            + [worker("worker", pool="thread", workers=4, max_queued=256, cpus=gen_cpus)],
             on_wait=ctx.tick,
         )
         wport = svcs["worker"].port
