@@ -71,15 +71,21 @@ from offloop.errors import (
 )
 from offloop.idl import MethodInfo
 from offloop.rpc.balancer import Backend, Balancer, HealthConfig
-from offloop.rpc.caller import BackendState, NoBackendError, call_with_retries
+from offloop.rpc.caller import (
+    BackendState,
+    NoBackendError,
+    all_ready,
+    backend_states,
+    call_with_retries,
+)
 from offloop.rpc.client import (
     ClientConfig,
     NotSentClosedError,
-    NotSentConnectError,
     NotSentDeadline,
     NotSentOverloaded,
     NotSentWriteError,
     ThriftConnection,
+    connect_error,
 )
 
 __all__ = ["THREAD_PREFIX", "ActorCaller", "ActorCrashed", "BlockingClient", "ThriftActor"]
@@ -271,19 +277,12 @@ class BlockingClient:
         limit = min(self._config.connect_timeout, deadline - time.monotonic())
         try:
             sock = socket.create_connection((self._host, self._port), timeout=limit)
-        except TimeoutError as exc:
-            if limit < self._config.connect_timeout:
+        except OSError as exc:  # TimeoutError included
+            if isinstance(exc, TimeoutError) and limit < self._config.connect_timeout:
                 raise NotSentDeadline(
                     f"call of {method.name} to {self._peer}: deadline passed while connecting"
                 ) from exc
-            raise NotSentConnectError(
-                f"cannot connect to {self._peer}: no answer within {self._config.connect_timeout}s",
-                public_message="backend unavailable",
-            ) from exc
-        except OSError as exc:
-            raise NotSentConnectError(
-                f"cannot connect to {self._peer}: {exc}", public_message="backend unavailable"
-            ) from exc
+            raise connect_error(self._peer, exc, self._config.connect_timeout) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             if not self._closed:
@@ -849,15 +848,11 @@ class ActorCaller:
 
     def ready(self) -> bool:
         """Whether every service has a backend that is up."""
-        return all(b.any_up() for b in self._balancers.values())
+        return all_ready(self._balancers)
 
     def backend_states(self) -> list[BackendState]:
         """Each backend's health and the calls its actors hold."""
-        return [
-            BackendState(service, b.address, b.up, b.target.in_flight)
-            for service, balancer in self._balancers.items()
-            for b in balancer.backends
-        ]
+        return backend_states(self._balancers)
 
     @property
     def actor_count(self) -> int:

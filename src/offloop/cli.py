@@ -48,9 +48,14 @@ def _add_worker_args(p: argparse.ArgumentParser) -> None:
         help="process (pure-Python CPU work) or thread (GIL-releasing work)",
     )
     p.add_argument("--workers", type=int, default=0, help="pool size (default: cores)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9090)
-    p.add_argument("--protocol", choices=("binary", "compact"), default="binary")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9090, help="Thrift port (default 9090)")
+    p.add_argument(
+        "--protocol",
+        choices=("binary", "compact"),
+        default="binary",
+        help="Thrift protocol, always framed (default binary)",
+    )
     p.add_argument(
         "--max-frame-size",
         type=int,
@@ -74,8 +79,15 @@ def _add_worker_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="HTTP port for /healthz and /metrics (default: none)",
     )
-    p.add_argument("--admin-host", default="127.0.0.1")
-    p.add_argument("--max-connections", type=int, default=10_000)
+    p.add_argument(
+        "--admin-host", default="127.0.0.1", help="address of the admin port (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        help="connections served at once; more are closed on accept (default 10000)",
+    )
     p.add_argument(
         "--no-batching", action="store_true", help="run @batched methods one call at a time"
     )
@@ -128,14 +140,20 @@ def _add_gateway_args(p: argparse.ArgumentParser, *, backends: bool = True) -> N
             default=[],
             help="expose only these services (default: all with backends)",
         )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--server", choices=("uvicorn", "tornado"), default="uvicorn")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument(
+        "--server",
+        choices=("uvicorn", "tornado"),
+        default="uvicorn",
+        help="HTTP server (default uvicorn)",
+    )
     p.add_argument(
         "--mode",
         choices=("loop", "actor"),
         default="loop",
-        help="loop: async multiplexed clients; actor: Pykka actors, blocking clients",
+        help="loop: async multiplexed clients; actor: Pykka actors, blocking clients "
+        "(default loop)",
     )
     p.add_argument("--max-body", type=int, default=1024 * 1024, help="bytes (default 1 MiB)")
     p.add_argument(
@@ -147,7 +165,9 @@ def _add_gateway_args(p: argparse.ArgumentParser, *, backends: bool = True) -> N
     p.add_argument(
         "--max-inflight", type=int, default=1024, help="calls in flight before 503 (default 1024)"
     )
-    p.add_argument("--pool-size", type=int, default=4, help="connections per backend (loop mode)")
+    p.add_argument(
+        "--pool-size", type=int, default=4, help="connections per backend (loop mode, default 4)"
+    )
     p.add_argument("--actors", type=int, default=32, help="actors (actor mode, default 32)")
     p.add_argument(
         "--mailbox",
@@ -169,7 +189,9 @@ def _add_gateway_args(p: argparse.ArgumentParser, *, backends: bool = True) -> N
         metavar="TYPE=STATUS",
         help="HTTP status for a declared exception type (default 422)",
     )
-    p.add_argument("--grace", type=float, default=10.0, help="seconds to drain on shutdown")
+    p.add_argument(
+        "--grace", type=float, default=10.0, help="seconds to drain on shutdown (default 10)"
+    )
     p.add_argument("--no-watchdog", action="store_true", help="turn the loop watchdog off")
     p.add_argument(
         "--stall-threshold",
@@ -280,6 +302,10 @@ async def serve_gateway(gateway: Gateway, *, ready: asyncio.Event | None = None)
         log_level="warning",
         backlog=2048,
         timeout_graceful_shutdown=int(config.grace) or 1,
+        # The gateway reads no client address, so uvicorn's proxy-headers middleware would
+        # be a layer of work per request for nothing; no Server header either.
+        proxy_headers=False,
+        server_header=False,
     )
     userver = uvicorn.Server(uconfig)
     # Our two-stage signal handling, not uvicorn's: it re-raises the signal after serving,
@@ -310,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gateway_args(sub.add_parser("gateway", help="run the HTTP/JSON gateway"))
     up = sub.add_parser("up", help="run the demo: a textlab worker and a gateway in front")
     _add_gateway_args(up, backends=False)
-    up.add_argument("--worker-port", type=int, default=9090)
+    up.add_argument(
+        "--worker-port", type=int, default=9090, help="the demo worker's port (default 9090)"
+    )
     up.add_argument("--workers", type=int, default=0, help="worker processes (default: cores)")
     return parser
 

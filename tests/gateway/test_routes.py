@@ -363,6 +363,9 @@ def test_docs_page_and_local_assets(gateway_factory: GatewayFactory) -> None:
     assert_error(client.get("/docs/../core.py"), 404)
     assert_error(client.get("/docs/.hidden"), 404)
     assert_error(client.get("/docs/static/index.html"), 404)
+    # Names the file system refuses are unknown assets too, not server errors.
+    assert_error(client.get("/docs/a%00b.js"), 404)
+    assert_error(client.get("/docs/" + "x" * 300), 404)
 
 
 # -- client disconnects --------------------------------------------------------------------

@@ -69,7 +69,8 @@ class Handler:
 
 
 class BatchedHandler(Handler):
-    """``embed`` is batched; a text ``fail`` makes its whole batch raise."""
+    """``embed`` is batched; a text ``fail`` makes its whole batch raise, ``slow`` makes it
+    take 2 s."""
 
     batches: list[int] = []
 
@@ -77,6 +78,8 @@ class BatchedHandler(Handler):
     def embed(self, calls: list[list[str]]) -> list[Any]:  # type: ignore[override]
         if any("fail" in texts for texts in calls):
             raise RuntimeError("batch failed")
+        if any("slow" in texts for texts in calls):
+            time.sleep(2.0)
         return [
             [[float(len(t)), float(len(calls))] for t in texts]
             if "bad" not in texts

@@ -28,6 +28,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _Disconnected(Exception):
+    """The client went away before it had sent its whole body."""
+
+
 class ASGIApp:
     """ASGI 3 application serving a :class:`Gateway`."""
 
@@ -63,7 +67,7 @@ class ASGIApp:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError
+                raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -74,7 +78,7 @@ class ASGIApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway
-        if not gateway._started:
+        if not gateway.started:
             await gateway.startup()
         path: str = scope["path"]
         root = scope.get("root_path", "")
@@ -97,32 +101,60 @@ class ASGIApp:
                 send, error_response(413, f"body is over the limit of {limit} bytes"), close=True
             )
             return
-        except asyncio.CancelledError:
-            return  # the client went away before sending its body
+        except _Disconnected:
+            return  # nobody to answer
         request = Request(scope["method"], path, headers, body)
         if not path.startswith("/rpc/"):
             await _send(send, await gateway.handle(request))
             return
         task = asyncio.current_task()
         assert task is not None
-        watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
+        # Most calls end within milliseconds: watching for a disconnect costs a task, so it
+        # starts only once a call has run for WATCH_AFTER seconds.
+        watch = _DisconnectWatch(receive, task)
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch.start)
         try:
             response = await gateway.handle(request)
         except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled():
+            if watch.disconnected:
                 return  # the client disconnected: nobody to answer
             raise
         finally:
-            watcher.cancel()
+            timer.cancel()
+            watch.stop()
         await _send(send, response)
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            task.cancel()
-            return
+#: Seconds a call runs before the app starts watching for its client's disconnect: a client
+#: that goes away frees its call's slot at most this much later than it could.
+WATCH_AFTER = 0.02
+
+
+class _DisconnectWatch:
+    """Cancels ``task`` when the client disconnects; started late, stopped when done."""
+
+    __slots__ = ("_receive", "_task", "_watcher", "disconnected")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self._receive = receive
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = None
+        self.disconnected = False
+
+    def start(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                self._task.cancel()
+                return
 
 
 async def _send(send: Send, response: Response, *, close: bool = False) -> None:

@@ -34,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from offloop.codec.jsonmap import JsonMappingError, args_from_json, result_to_json
 from offloop.errors import (
+    ClosedError,
     DeadlineExceeded,
     LocalProtocolError,
     OffloopError,
@@ -88,6 +89,20 @@ def json_response(
     return Response(status, body, [("content-type", _JSON), *(headers or [])])
 
 
+def _load_assets() -> dict[str, Response]:
+    """The files of the ``/docs`` page, read once at start-up so that serving them never
+    reads the disk on the loop, and a path can only name one of them."""
+    assets: dict[str, Response] = {}
+    for entry in resources.files("offloop.gateway").joinpath("static").iterdir():
+        name = entry.name
+        if name.startswith(".") or not entry.is_file():
+            continue
+        ctype = _STATIC_TYPES.get(name[name.rfind(".") :], "application/octet-stream")
+        headers = [("content-type", ctype), ("cache-control", "max-age=3600")]
+        assets[name] = Response(200, entry.read_bytes(), headers)
+    return assets
+
+
 def error_response(
     status: int, message: str, headers: list[tuple[str, str]] | None = None, **extra: Any
 ) -> Response:
@@ -120,20 +135,27 @@ class Gateway:
         self._openapi = json.dumps(
             build_openapi(list(self.services.values()), exception_status=config.exception_status)
         ).encode()
+        self._assets = _load_assets()
         self._inflight = 0
         self.metrics.track_inflight(lambda: self._inflight)
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
-        self._started = False
+        self._startup: asyncio.Task[None] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
     async def startup(self) -> None:
         """Start the caller and the watchdog; call on the serving loop."""
-        if self._started:
+        if self._startup is not None:
+            await asyncio.shield(self._startup)
             return
-        self._started = True
+        # Concurrent first requests (an app mounted without lifespan events) all wait for
+        # the one start-up; only the first runs it.
+        self._startup = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._startup)
+
+    async def _start(self) -> None:
         await self.caller.start()
         if self.watchdog is not None:
             self.watchdog.start()
@@ -152,6 +174,11 @@ class Gateway:
         await self.caller.close()
         if self.watchdog is not None:
             self.watchdog.stop()
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`startup` has completed."""
+        return self._startup is not None and self._startup.done()
 
     @property
     def inflight(self) -> int:
@@ -231,14 +258,10 @@ class Gateway:
         return self._static("index.html")
 
     def _static(self, name: str) -> Response:
-        if "/" in name or name.startswith(".") or not name:
-            return error_response(404, "no such asset")
-        try:
-            data = resources.files("offloop.gateway").joinpath("static", name).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            return error_response(404, f"no such asset: {name}")
-        ctype = _STATIC_TYPES.get(name[name.rfind(".") :], "application/octet-stream")
-        return Response(200, data, [("content-type", ctype), ("cache-control", "max-age=3600")])
+        response = self._assets.get(name)
+        if response is None:
+            return error_response(404, f"no such asset: {name!r}")
+        return response
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -321,8 +344,12 @@ class Gateway:
             if isinstance(exc, exc_cls):
                 result = method.result_cls()
                 setattr(result, field_name, exc)
-                outcome = result_to_json(method, result)
                 name = type(exc).__name__
+                try:
+                    outcome = result_to_json(method, result)
+                except OffloopError as json_exc:  # the backend's exception, not shown as JSON
+                    log.error("%s: %s from the backend: %s", where, name, json_exc)
+                    return error_response(502, json_exc.public_message)
                 status = self.config.exception_status.get(name, 422)
                 return error_response(
                     status,
@@ -331,7 +358,7 @@ class Gateway:
                     fields=outcome.value,
                 )
         retry = [("retry-after", str(self.config.retry_after))]
-        if isinstance(exc, Overloaded):
+        if isinstance(exc, Overloaded | ClosedError):  # refused, not run: try again later
             return error_response(503, exc.public_message, retry)
         if isinstance(exc, RemoteApplicationError):
             if exc.is_overloaded:

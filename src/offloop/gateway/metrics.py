@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -58,6 +59,7 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._gateway_inflight: Callable[[], int] = lambda: 0
         self.registry.register(_BackendCollector(backends, lambda: self._gateway_inflight()))
 
@@ -67,8 +69,15 @@ class GatewayMetrics:
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        # Label look-ups cost more than the increments; the children are cached per label
+        # set. Routes are bounded (one per IDL method plus a few), and so are statuses.
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class _BackendCollector(Collector):

@@ -84,7 +84,7 @@ class _GatewayHandler(tornado.web.RequestHandler):
             {k.lower(): v for k, v in self.request.headers.get_all()},
             b"".join(self._chunks),
         )
-        if not self.gateway._started:
+        if not self.gateway.started:
             await self.gateway.startup()
         self._task = asyncio.current_task()
         try:

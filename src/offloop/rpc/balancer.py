@@ -187,7 +187,14 @@ class Balancer:
                     due[b] = now + b._delay
             ready = [b for b in self.backends if due[b] <= now]
             if ready:
-                await asyncio.gather(*(self._probe_backend(b, now, due) for b in ready))
+                results = await asyncio.gather(
+                    *(self._probe_backend(b, now, due) for b in ready), return_exceptions=True
+                )
+                for backend, outcome in zip(ready, results, strict=True):
+                    if isinstance(outcome, Exception):
+                        # A bug here must not end probing for good: log it, retry later.
+                        log.error("health probe of %s failed", backend.address, exc_info=outcome)
+                        due[backend] = loop.time() + self.health.probe_max
             next_due = min(due.values())
             await asyncio.sleep(max(0.01, min(next_due - loop.time(), self.health.probe_min)))
 

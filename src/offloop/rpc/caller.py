@@ -34,7 +34,15 @@ from offloop.rpc.balancer import Backend, Balancer, HealthConfig
 from offloop.rpc.client import ClientConfig, NotSentError
 from offloop.rpc.pool import ConnectionPool
 
-__all__ = ["AsyncCaller", "BackendState", "Caller", "NoBackendError", "call_with_retries"]
+__all__ = [
+    "AsyncCaller",
+    "BackendState",
+    "Caller",
+    "NoBackendError",
+    "all_ready",
+    "backend_states",
+    "call_with_retries",
+]
 
 
 class NoBackendError(ConnectError):
@@ -80,6 +88,20 @@ class Caller(Protocol):
     async def close(self) -> None: ...
 
 
+def all_ready(balancers: Mapping[str, Balancer]) -> bool:
+    """Whether every service has a backend that is up (:meth:`Caller.ready`)."""
+    return all(b.any_up() for b in balancers.values())
+
+
+def backend_states(balancers: Mapping[str, Balancer]) -> list[BackendState]:
+    """Each backend of each service, with its health and its target's calls in flight."""
+    return [
+        BackendState(service, b.address, b.up, b.target.in_flight)
+        for service, balancer in balancers.items()
+        for b in balancer.backends
+    ]
+
+
 def _was_sent(exc: TransportError) -> bool:
     return not isinstance(exc, NotSentError)
 
@@ -118,7 +140,10 @@ async def call_with_retries(
             if not exc.is_overloaded:
                 raise
             overloaded += 1
-            last = Overloaded(f"overloaded: {exc}")
+            # The backend's message already starts with "overloaded"; the log learns which
+            # backend said it, the client only what it said.
+            last = Overloaded(f"{exc} (backend {backend.address})", public_message=str(exc))
+            last.__cause__ = exc
         except Overloaded as exc:  # our own per-connection limit: not sent
             overloaded += 1
             last = exc
@@ -182,14 +207,10 @@ class AsyncCaller:
         )
 
     def ready(self) -> bool:
-        return all(b.any_up() for b in self._balancers.values())
+        return all_ready(self._balancers)
 
     def backend_states(self) -> list[BackendState]:
-        return [
-            BackendState(service, b.address, b.up, b.target.in_flight)
-            for service, balancer in self._balancers.items()
-            for b in balancer.backends
-        ]
+        return backend_states(self._balancers)
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self._balancers.values()))

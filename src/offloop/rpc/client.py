@@ -61,6 +61,7 @@ __all__ = [
     "NotSentOverloaded",
     "NotSentWriteError",
     "ThriftConnection",
+    "connect_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,20 @@ class NotSentOverloaded(Overloaded, NotSentError):
 
 class NotSentDeadline(DeadlineExceeded, NotSentError):
     """The deadline passed while the call waited for the write buffer to drain."""
+
+
+def connect_error(peer: str, exc: OSError, connect_timeout: float) -> NotSentConnectError:
+    """The error for a failed connect to ``peer``, for ``raise ... from exc``.
+
+    Args:
+        peer: the server's address, ``host:port``.
+        exc: what opening the connection raised (``TimeoutError``: no answer in time).
+        connect_timeout: the limit that a ``TimeoutError`` ran into.
+    """
+    why = f"no answer within {connect_timeout}s" if isinstance(exc, TimeoutError) else exc
+    return NotSentConnectError(
+        f"cannot connect to {peer}: {why}", public_message="backend unavailable"
+    )
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -230,15 +245,8 @@ class ThriftConnection(asyncio.Protocol):
         try:
             async with asyncio.timeout(config.connect_timeout):
                 await loop.create_connection(lambda: conn, host, port)
-        except TimeoutError as exc:
-            raise NotSentConnectError(
-                f"cannot connect to {host}:{port}: no answer within {config.connect_timeout}s",
-                public_message="backend unavailable",
-            ) from exc
-        except OSError as exc:
-            raise NotSentConnectError(
-                f"cannot connect to {host}:{port}: {exc}", public_message="backend unavailable"
-            ) from exc
+        except OSError as exc:  # TimeoutError included
+            raise connect_error(conn.peer, exc, config.connect_timeout) from exc
         return conn
 
     # -- what callers and balancers look at ------------------------------------------------

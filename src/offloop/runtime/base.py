@@ -8,7 +8,15 @@ from typing import Any, Protocol
 
 from offloop.errors import OffloopError
 
-__all__ = ["JobFactory", "JobFn", "Pool", "PoolStats", "WorkerCrashed", "default_max_queued"]
+__all__ = [
+    "JobFactory",
+    "JobFn",
+    "Pool",
+    "PoolStats",
+    "WorkerCrashed",
+    "check_pool_bounds",
+    "default_max_queued",
+]
 
 #: A function that runs one job: payload in, result out. Built once per worker.
 JobFn = Callable[[Any], Any]
@@ -45,6 +53,27 @@ def default_max_queued(workers: int) -> int:
     """The default bound on queued jobs: four per worker, enough to keep every worker fed
     between replies without letting a burst queue for long."""
     return 4 * workers
+
+
+def check_pool_bounds(workers: int, max_queued: int | None) -> int:
+    """Validate a pool's size and queue bound.
+
+    Args:
+        workers: the pool's workers.
+        max_queued: jobs that may wait for a worker; None for :func:`default_max_queued`.
+
+    Returns:
+        The queue bound to use.
+
+    Raises:
+        ValueError: ``workers`` < 1 or ``max_queued`` < 0.
+    """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    bound = default_max_queued(workers) if max_queued is None else max_queued
+    if bound < 0:
+        raise ValueError("max_queued must be >= 0")
+    return bound
 
 
 class Pool(Protocol):

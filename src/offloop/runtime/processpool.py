@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from offloop.errors import ClosedError, DeadlineExceeded, OffloopError, Overloaded
-from offloop.runtime.base import JobFactory, PoolStats, WorkerCrashed, default_max_queued
+from offloop.runtime.base import JobFactory, PoolStats, WorkerCrashed, check_pool_bounds
 
 __all__ = ["ProcessPool", "WorkerStartError"]
 
@@ -188,13 +188,9 @@ class ProcessPool:
         preload: Sequence[str] = (),
         start_timeout: float = 60.0,
     ) -> None:
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
+        self._max_queued = check_pool_bounds(workers, max_queued)
         self._factory = factory
         self._workers = workers
-        self._max_queued = default_max_queued(workers) if max_queued is None else max_queued
-        if self._max_queued < 0:
-            raise ValueError("max_queued must be >= 0")
         self._nice = nice
         self._ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver" and preload:

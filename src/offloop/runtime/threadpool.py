@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
-from offloop.runtime.base import JobFactory, JobFn, PoolStats, default_max_queued
+from offloop.runtime.base import JobFactory, JobFn, PoolStats, check_pool_bounds
 
 __all__ = ["ThreadPool"]
 
@@ -42,13 +42,9 @@ class ThreadPool:
         max_queued: int | None = None,
         nice: int = 0,
     ) -> None:
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
+        self._max_queued = check_pool_bounds(workers, max_queued)
         self._factory = factory
         self._workers = workers
-        self._max_queued = default_max_queued(workers) if max_queued is None else max_queued
-        if self._max_queued < 0:
-            raise ValueError("max_queued must be >= 0")
         self._nice = nice
         self._fn: JobFn | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None

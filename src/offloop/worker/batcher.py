@@ -77,8 +77,17 @@ class Batcher:
             if not fut.done():
                 fut.set_result(result)
 
-    async def close(self) -> None:
-        """Dispatch what is forming and wait for batches in flight."""
+    def flush(self) -> None:
+        """Dispatch the forming batch now, without waiting for it to fill."""
         self._flush()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Dispatch what is forming, then cancel the batches still in flight and wait for
+        them (their calls get the cancellation). To let batches finish first, call
+        :meth:`flush` and wait for their calls."""
+        self._flush()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from offloop.codec.framing import DEFAULT_MAX_FRAME_SIZE
 from offloop.codec.message import ProtocolName
-from offloop.runtime.base import default_max_queued
+from offloop.runtime.base import check_pool_bounds
 
 __all__ = ["PoolKind", "WorkerConfig"]
 
@@ -63,16 +63,12 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.workers == 0:
             object.__setattr__(self, "workers", os.cpu_count() or 1)
-        if self.max_queued == -1:
-            object.__setattr__(self, "max_queued", default_max_queued(self.workers))
         if self.pool not in ("process", "thread"):
             raise ValueError(f"pool must be 'process' or 'thread', not {self.pool!r}")
         if self.protocol not in ("binary", "compact"):
             raise ValueError(f"protocol must be 'binary' or 'compact', not {self.protocol!r}")
-        if self.workers < 1:
-            raise ValueError("workers must be at least 1")
-        if self.max_queued < 0:
-            raise ValueError("max_queued must be >= 0")
+        max_queued = None if self.max_queued == -1 else self.max_queued
+        object.__setattr__(self, "max_queued", check_pool_bounds(self.workers, max_queued))
         if not 0 < self.max_frame_size <= 1 << 30:
             raise ValueError("max_frame_size must be between 1 byte and 1 GiB")
         if self.call_timeout <= 0:

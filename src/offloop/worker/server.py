@@ -195,8 +195,9 @@ class WorkerServer:
         self._draining = True
         if self._server is not None:
             self._server.close()
+        # Forming batches leave now; their calls drain within the grace period like the rest.
         for batcher in self._batchers.values():
-            await batcher.close()
+            batcher.flush()
         if self._calls:
             log.info("draining %d calls in flight (grace %.1f s)", len(self._calls), grace)
             _, pending = await asyncio.wait(set(self._calls), timeout=grace)
@@ -205,6 +206,8 @@ class WorkerServer:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+        for batcher in self._batchers.values():
+            await batcher.close()  # cancels the batches of calls given up above
         for conn in list(self._connections):
             conn.close()
         await self.pool.close()
