@@ -18,6 +18,7 @@ SCENARIOS: dict[str, str] = {
     "overhead": "bench.scenarios.overhead",
     "peer": "bench.scenarios.peer",
     "embed": "bench.scenarios.embed",
+    "watchdog": "bench.scenarios.watchdog",
 }
 """Scenario name -> module."""
 
