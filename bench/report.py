@@ -293,7 +293,7 @@ offloop's design rests on a few claims. This page shows each one measured, again
 user would otherwise run, on one machine, in one command:
 
 ```sh
-make bench                          # every scenario, about 13 minutes on 2 cores
+make bench                          # every scenario, about 15 minutes on 2 cores
 make bench SCENARIO=sleep           # one scenario
 make bench QUICK=1                  # each scenario for a few seconds (a smoke run)
 .venv/bin/python -m bench --list    # the scenarios
@@ -301,9 +301,10 @@ make bench QUICK=1                  # each scenario for a few seconds (a smoke r
 .venv/bin/python -m bench --scenario overhead --repeat 5 --out /tmp/overhead
 ```
 
-Optional contenders: FastAPI (`pip install fastapi`) for `cpu-blocks-the-loop`, and Ray Serve
-(`pip install 'ray[serve]'`) for `peer`; without them those contenders (or the `peer`
-scenario) are left out with a note saying why, and the rest runs.
+FastAPI (a contender of `cpu-blocks-the-loop`) comes with the `bench` extra, which `make`
+installs; `make bench` also tries to install Ray Serve (the `peer` extra, large) for `peer`,
+and the `embed` scenario needs the `dl` extra. Without one of them, that contender or
+scenario is left out with a note saying why, and the rest runs.
 
 Each scenario starts every server it measures (on 127.0.0.1, free ports), drives it with a
 load generator, stops it, and writes under `bench/results/`: a JSON file with every raw
