@@ -40,6 +40,8 @@ if str(SUPPORT_DIR) not in sys.path:
     sys.path.insert(0, str(SUPPORT_DIR))
 
 import faulty  # noqa: E402
+import harness  # noqa: E402
+from harness import wait_until as wait_until  # noqa: E402  (re-exported for the tests)
 
 from offloop.cli import build_gateway  # noqa: E402
 from offloop.gateway.asgi import ASGIApp  # noqa: E402
@@ -139,19 +141,16 @@ class LoopThread:
 
 
 def worker_config(pool: str = "thread", **overrides: Any) -> WorkerConfig:
-    """The faulty TextLab handler on a free port: two workers, short deadlines."""
-    base = WorkerConfig(
-        idl=IDL,
-        service="TextLab",
-        handler="faulty:Handler",
-        pool=pool,  # type: ignore[arg-type]
-        workers=2,
-        port=0,
-        call_timeout=5.0,
-        grace=0.5,
-        nice=0,
-    )
-    return dataclasses.replace(base, **overrides)
+    """The faulty TextLab handler on a free port: two workers, short deadlines, no admin
+    port, normal priority (the worker suite's configuration, tuned for the gateway's)."""
+    settings: dict[str, Any] = {
+        "call_timeout": 5.0,
+        "grace": 0.5,
+        "nice": 0,
+        "admin_port": None,
+        **overrides,
+    }
+    return harness.worker_config(pool, **settings)
 
 
 def alltypes_worker_config(**overrides: Any) -> WorkerConfig:
@@ -176,17 +175,6 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            assert value, f"condition not met within {timeout} s (last value {value!r})"
-            return value
-        time.sleep(interval)
 
 
 class Stack:
