@@ -3,7 +3,7 @@
 Starts a framed Thrift server for the demo IDL in a separate process (so that the clients do
 not share its event loop), then, in rounds that alternate between the two clients:
 
-- offloop: one :class:`~offloop.rpc.pool.ConnectionPool` of ``--pool-size`` connections,
+- offloop: one :class:`~offloop.client.pool.ConnectionPool` of ``--pool-size`` connections,
   ``--callers`` concurrent callers;
 - thriftpy2: ``make_aio_client`` (framed, binary), one client (one connection) per caller,
   since its client sends seqid 0 and cannot carry two calls at once.
@@ -26,11 +26,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from offloop.client.config import ClientConfig
+from offloop.client.pool import ConnectionPool
 from offloop.codec.framing import FrameDecoder, encode_frame
 from offloop.codec.message import MessageCodec
 from offloop.idl import load_idl, service_info
-from offloop.rpc.client import ClientConfig
-from offloop.rpc.pool import ConnectionPool
 
 IDL = Path(__file__).resolve().parents[1] / "src" / "offloop" / "demo" / "textlab.thrift"
 

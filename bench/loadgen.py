@@ -10,7 +10,7 @@ Two clients, one harness:
   was *due*, so that a server that stalls is charged for the requests it held up: no
   coordinated omission).
 - Thrift (:class:`ThriftStream`): callers sharing one multiplexed
-  :class:`~offloop.rpc.pool.ConnectionPool` per process, closed loop.
+  :class:`~offloop.client.pool.ConnectionPool` per process, closed loop.
 
 Each stream runs in its own process(es) (``processes``): a light probe never shares a loop
 with the heavy load it measures. Processes connect first, meet at a barrier, then run for
@@ -505,10 +505,10 @@ async def _thrift_closed(
     stream: ThriftStream, port: int, callers: int, clock_box: list[_Clock],
     ready: Any, stop: Any, warmup: float, duration: float, drain: float,
 ) -> StreamResult:  # fmt: skip
+    from offloop.client.config import ClientConfig
+    from offloop.client.pool import ConnectionPool
     from offloop.demo.textlab import textlab_idl
     from offloop.idl import service_info
-    from offloop.rpc.client import ClientConfig
-    from offloop.rpc.pool import ConnectionPool
 
     method = service_info(textlab_idl(), "TextLab").methods[stream.method]
     pool = ConnectionPool("127.0.0.1", port, ClientConfig(), size=stream.pool_size)
@@ -641,8 +641,8 @@ def run_load(
     ctx = mp.get_context("fork")
     if any(isinstance(s, ThriftStream) for s in streams):
         # Parse the IDL once, here: forked generators inherit it instead of each parsing it.
+        from offloop.client import pool  # noqa: F401
         from offloop.demo.textlab import textlab_idl
-        from offloop.rpc import pool  # noqa: F401
 
         textlab_idl()
     jobs: list[_Job] = []

@@ -1,35 +1,98 @@
 """offloop: keep HTTP services responsive while they serve CPU-heavy work.
 
-The public names most users need; each module documents the rest.
+The public API: everything a user needs to run offloop as a library. Modules not named here
+are internal and may change.
+
+- Serve a gateway: :func:`build_gateway` from a :class:`GatewayConfig`, then
+  :func:`serve_gateway` (uvicorn or Tornado), or mount ``ASGIApp(gateway)`` in any ASGI
+  server.
+- Serve a worker: :func:`serve_worker` or :class:`WorkerServer`, with a handler object or an
+  import string; :func:`batched` marks a handler method for dynamic batching.
+- Call a worker from Python by method name: :class:`Client` (blocking) and
+  :class:`AsyncClient`.
+- :func:`run` runs either server coroutine on uvloop as a process's main program.
+- The loop watchdog: :class:`LoopWatchdog`, :func:`watch_tornado`.
+- The errors, by who is at fault (:class:`Blame`), and the config classes.
+
+Test helpers live in :mod:`offloop.testing` (a worker in memory, blocking-call detection).
 """
 
 from __future__ import annotations
 
+from offloop.app import build_gateway, run, serve_gateway, serve_worker
 from offloop.batching import batched
+from offloop.client.balancer import HealthConfig
+from offloop.client.config import ClientConfig
+from offloop.client.service_client import AsyncClient, Client
 from offloop.errors import (
+    BackendCrashed,
+    Blame,
+    BrokenError,
+    ClosedError,
+    ConnectError,
     DeadlineExceeded,
     LocalProtocolError,
+    NoBackendError,
     OffloopError,
     Overloaded,
+    PayloadTooLarge,
     RemoteApplicationError,
+    RemoteBadRequest,
     RemoteProtocolError,
+    ShuttingDown,
     TransportError,
+    UnknownMethod,
 )
+from offloop.gateway.asgi import ASGIApp
+from offloop.gateway.config import ActorsConfig, FrontConfig, GatewayConfig
+from offloop.gateway.core import Gateway
+from offloop.listen import ListenConfig
 from offloop.watchdog import LoopWatchdog, StallRecord, WatchdogConfig, watch_tornado
+from offloop.worker.config import AdminConfig, PoolConfig, WorkerConfig, WorkerLimits
+from offloop.worker.server import WorkerServer
 
 __all__ = [
+    "ASGIApp",
+    "ActorsConfig",
+    "AdminConfig",
+    "AsyncClient",
+    "BackendCrashed",
+    "Blame",
+    "BrokenError",
+    "Client",
+    "ClientConfig",
+    "ClosedError",
+    "ConnectError",
     "DeadlineExceeded",
+    "FrontConfig",
+    "Gateway",
+    "GatewayConfig",
+    "HealthConfig",
+    "ListenConfig",
     "LocalProtocolError",
     "LoopWatchdog",
+    "NoBackendError",
     "OffloopError",
     "Overloaded",
+    "PayloadTooLarge",
+    "PoolConfig",
     "RemoteApplicationError",
+    "RemoteBadRequest",
     "RemoteProtocolError",
+    "ShuttingDown",
     "StallRecord",
     "TransportError",
+    "UnknownMethod",
     "WatchdogConfig",
+    "WorkerConfig",
+    "WorkerLimits",
+    "WorkerServer",
     "__version__",
     "batched",
+    "build_gateway",
+    "run",
+    "serve_gateway",
+    "serve_worker",
     "watch_tornado",
 ]
 

@@ -1,51 +1,79 @@
 """The errors offloop raises, arranged by who is at fault.
 
-One root, :class:`OffloopError`. Below it:
+One root, :class:`OffloopError`, whose :attr:`~OffloopError.blame` says who is at fault:
 
-- :class:`LocalProtocolError`: *we* (or our caller) got something wrong before anything was
-  sent: bad arguments, an unknown method. Carries an HTTP status hint.
-- :class:`RemoteProtocolError`: the *peer* sent something we cannot accept: a garbage frame,
-  a frame over the limit, a reply for a call we never made.
+- :attr:`Blame.CALLER`: whoever made the call got something wrong (bad arguments, a body or
+  call over a limit, a method the backend does not serve).
+- :attr:`Blame.BACKEND`: the backend, or the network to it, failed or refused: it sent
+  garbage, went away, was full, crashed, or took too long.
+- :attr:`Blame.OFFLOOP`: offloop itself: a bug, or a part of it that was closed by us.
+
+Below the root:
+
+- :class:`LocalProtocolError` (caller): we or our caller got something wrong before anything
+  was sent. :class:`PayloadTooLarge` is the one for sizes over a limit.
+- :class:`RemoteProtocolError` (backend): the *peer* sent bytes we cannot accept.
 - :class:`TransportError` and its phases (:class:`ConnectError`, :class:`ReadError`,
-  :class:`WriteError`, :class:`PoolTimeout`): the network failed; raised at the edge with
-  ``raise ... from exc`` so the OS error stays attached.
-- :class:`ClosedError` (closed by us) versus :class:`BrokenError` (broken by the peer).
-- :class:`Overloaded`: a bounded queue or limit is full; the caller may go elsewhere.
-- :class:`DeadlineExceeded`: the call's deadline passed.
-- :class:`RemoteApplicationError`: the peer answered with a Thrift ``TApplicationException``.
+  :class:`WriteError`, :class:`PoolTimeout`), raised at the edge with ``raise ... from exc``;
+  :class:`ClosedError` (closed by us) versus :class:`BrokenError` (broken by the peer).
+- :class:`Overloaded` (a bounded place is full: the call was refused, not run) and its
+  :class:`ShuttingDown`; :class:`DeadlineExceeded`.
+- :class:`RemoteApplicationError`: the peer answered with a Thrift ``TApplicationException``;
+  the kinds offloop's workers send (:mod:`offloop.codec.faults`) arrive as their own classes:
+  :class:`BackendCrashed`, :class:`UnknownMethod`, :class:`RemoteBadRequest`, or as
+  :class:`Overloaded`, :class:`ShuttingDown` and :class:`DeadlineExceeded`.
 
-What a client sees (``public_message``) is kept apart from what the log says (``str(exc)``).
+What a client may see (``public_message``) is kept apart from what the log says
+(``str(exc)``). HTTP statuses are not here: only the gateway knows them
+(:mod:`offloop.gateway.statuses`).
 """
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
+    "BackendCrashed",
+    "Blame",
     "BrokenError",
     "ClosedError",
     "ConnectError",
     "DeadlineExceeded",
     "LocalProtocolError",
+    "NoBackendError",
     "OffloopError",
     "Overloaded",
+    "PayloadTooLarge",
     "PoolTimeout",
     "ReadError",
     "RemoteApplicationError",
+    "RemoteBadRequest",
     "RemoteProtocolError",
+    "ShuttingDown",
     "TransportError",
+    "UnknownMethod",
     "WriteError",
 ]
+
+
+class Blame(enum.Enum):
+    """Who is at fault for an error."""
+
+    CALLER = "caller"
+    BACKEND = "backend"
+    OFFLOOP = "offloop"
 
 
 class OffloopError(Exception):
     """Root of every error offloop raises on purpose.
 
     Attributes:
-        status_hint: the HTTP status a front should map this error to.
+        blame: who is at fault (class attribute; see :class:`Blame`).
         public_message: what may be shown to a client; ``str(exc)`` may hold more detail
             meant for the log.
     """
 
-    status_hint: int = 500
+    blame: Blame = Blame.OFFLOOP
 
     def __init__(self, message: str, *, public_message: str | None = None) -> None:
         super().__init__(message)
@@ -55,31 +83,41 @@ class OffloopError(Exception):
 class LocalProtocolError(OffloopError):
     """The caller broke the protocol before anything was sent (bad input, unknown method)."""
 
-    status_hint = 400
+    blame = Blame.CALLER
 
-    def __init__(
-        self, message: str, *, status_hint: int = 400, public_message: str | None = None
-    ) -> None:
-        super().__init__(message, public_message=public_message)
-        self.status_hint = status_hint
+
+class PayloadTooLarge(LocalProtocolError):
+    """A body or an encoded call is over its size limit.
+
+    Attributes:
+        size: the size found, in bytes.
+        limit: the limit, in bytes.
+    """
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} of {size} bytes is over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
 
 
 class RemoteProtocolError(OffloopError):
     """The peer sent bytes we cannot accept (garbage, oversized or truncated frames)."""
 
-    status_hint = 502
+    blame = Blame.BACKEND
 
 
 class TransportError(OffloopError):
     """The network failed; see the phase subclasses."""
 
-    status_hint = 502
+    blame = Blame.BACKEND
 
 
 class ConnectError(TransportError):
     """Could not connect (refused, unreachable, timed out while connecting)."""
 
-    status_hint = 503
+
+class NoBackendError(ConnectError):
+    """No backend of the service is reachable."""
 
 
 class ReadError(TransportError):
@@ -93,13 +131,11 @@ class WriteError(TransportError):
 class PoolTimeout(TransportError):
     """No connection became available in time."""
 
-    status_hint = 503
-
 
 class ClosedError(TransportError):
     """The connection or pool was closed by us (shutdown); the call was not made."""
 
-    status_hint = 503
+    blame = Blame.OFFLOOP
 
 
 class BrokenError(TransportError):
@@ -107,19 +143,22 @@ class BrokenError(TransportError):
 
 
 class Overloaded(OffloopError):
-    """A bounded limit is full: the call was refused at once, not queued.
+    """A bounded place is full: the call was refused at once, not queued, and not run.
 
-    The message of the Thrift ``TApplicationException`` that carries this starts with
-    ``overloaded`` so that any client can recognise it and go elsewhere.
+    The caller may go elsewhere or try again later.
     """
 
-    status_hint = 503
+    blame = Blame.BACKEND
+
+
+class ShuttingDown(Overloaded):
+    """The server is draining before it stops: the call was refused, not run."""
 
 
 class DeadlineExceeded(OffloopError):
-    """The call's deadline passed before its reply arrived."""
+    """The call's deadline passed before its reply arrived (or before it could start)."""
 
-    status_hint = 504
+    blame = Blame.BACKEND
 
 
 class RemoteApplicationError(OffloopError):
@@ -129,13 +168,24 @@ class RemoteApplicationError(OffloopError):
         type: the ``TApplicationException`` type code (``UNKNOWN_METHOD``, ``INTERNAL_ERROR``...).
     """
 
-    status_hint = 502
+    blame = Blame.BACKEND
 
-    def __init__(self, message: str, *, type: int = 0) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, type: int = 0, public_message: str | None = None) -> None:
+        super().__init__(message, public_message=public_message)
         self.type = type
 
-    @property
-    def is_overloaded(self) -> bool:
-        """Whether the peer refused the call because its queue was full."""
-        return str(self).startswith("overloaded")
+
+class BackendCrashed(RemoteApplicationError):
+    """The process running the call on the backend died (killed, segfault, ``os._exit``)."""
+
+
+class UnknownMethod(RemoteApplicationError):
+    """The backend does not serve the method called (the two tiers' IDLs differ)."""
+
+    blame = Blame.CALLER
+
+
+class RemoteBadRequest(RemoteApplicationError):
+    """The backend could not decode the call's arguments."""
+
+    blame = Blame.CALLER

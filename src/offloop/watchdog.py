@@ -51,7 +51,7 @@ import threading
 import time
 import traceback
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -132,6 +132,8 @@ class WatchdogConfig:
         max_stack_depth: the number of innermost frames kept in a stall's stack.
         max_records: how many recent :class:`StallRecord` objects are kept; older ones are
             dropped (they stay counted in the metrics).
+        enabled: whether the gateway (and ``offloop up``) starts a watchdog; a
+            :class:`LoopWatchdog` made by hand ignores it.
     """
 
     lag_interval: float = 0.25
@@ -140,6 +142,7 @@ class WatchdogConfig:
     log_stacks: bool = True
     max_stack_depth: int = 40
     max_records: int = 100
+    enabled: bool = field(default=True, metadata={"flag": "watchdog"})
 
     def __post_init__(self) -> None:
         for name in ("lag_interval", "stall_threshold"):

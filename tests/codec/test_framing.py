@@ -17,7 +17,7 @@ from offloop.codec.framing import (
     UnframedMessage,
     encode_frame,
 )
-from offloop.errors import RemoteProtocolError
+from offloop.errors import Blame, RemoteProtocolError
 
 #: The first four bytes of a strict binary-protocol CALL message (version 1, type 1).
 BINARY_HEADER = struct.pack("!I", 0x80010001)
@@ -138,7 +138,7 @@ def test_frame_errors_are_remote_protocol_errors() -> None:
     for cls in (FrameTooLarge, UnframedMessage, TruncatedFrame):
         assert issubclass(cls, FrameError)
     assert issubclass(FrameError, RemoteProtocolError)
-    assert FrameTooLarge(5, 1).status_hint == 502
+    assert FrameTooLarge(5, 1).blame is Blame.BACKEND
 
 
 def test_max_frame_size_must_be_positive() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from thrift_strategies import INT_BOUNDS, structs, thrift_values
 from thriftpy2.thrift import TPayload, TType
 
 from offloop.codec.jsonmap import (
@@ -28,88 +29,13 @@ from offloop.codec.jsonmap import (
     value_from_json,
     value_to_json,
 )
-from offloop.errors import LocalProtocolError, RemoteProtocolError
+from offloop.errors import Blame, LocalProtocolError, RemoteProtocolError
 from offloop.idl import load_idl, service_info
 
 IDL = Path(__file__).resolve().parent.parent / "idl" / "alltypes.thrift"
 m = load_idl(IDL)
 ALLTYPES = service_info(m, "AllTypes")
 SECOND = service_info(m, "Second")
-
-_INT_BOUNDS = {
-    TType.BYTE: (-(2**7), 2**7 - 1),
-    TType.I16: (-(2**15), 2**15 - 1),
-    TType.I32: (-(2**31), 2**31 - 1),
-    TType.I64: (-(2**63), 2**63 - 1),
-}
-# Recursive structs (Node) stop growing below this depth.
-_MAX_GEN_DEPTH = 3
-
-
-# -- strategies of Thrift values, by spec ---------------------------------------------------
-
-
-def thrift_values(
-    ttype: int, spec: Any, *, depth: int = 0, hashable: bool = False
-) -> st.SearchStrategy[Any]:
-    """Values thriftpy2 would hold for ``(ttype, spec)``.
-
-    ``hashable`` values (set elements, map keys) hold no NaN, which equals nothing.
-    """
-    if ttype == TType.BOOL:
-        return st.booleans()
-    if ttype == TType.I32 and spec is not None:
-        return st.sampled_from(sorted(spec._VALUES_TO_NAMES))
-    if ttype in _INT_BOUNDS:
-        lo, hi = _INT_BOUNDS[ttype]
-        return st.integers(lo, hi)
-    if ttype == TType.DOUBLE:
-        return st.floats(allow_nan=not hashable)
-    if ttype == TType.STRING:
-        return st.text(max_size=12)
-    if ttype == TType.BINARY:
-        return st.binary(max_size=12)
-    if ttype == TType.STRUCT:
-        return structs(spec, depth=depth, hashable=hashable)
-    size = 0 if depth >= _MAX_GEN_DEPTH else 3
-    if ttype == TType.LIST:
-        if not size:
-            return st.just([])
-        return st.lists(thrift_values(*split_elem_spec(spec), depth=depth + 1), max_size=size)
-    if ttype == TType.SET:
-        if not size:
-            return st.just(set())
-        elems = thrift_values(*split_elem_spec(spec), depth=depth + 1, hashable=True)
-        return st.sets(elems, max_size=size)
-    if ttype == TType.MAP:
-        if not size:
-            return st.just({})
-        keys = thrift_values(*split_elem_spec(spec[0]), depth=depth + 1, hashable=True)
-        values = thrift_values(*split_elem_spec(spec[1]), depth=depth + 1)
-        return st.dictionaries(keys, values, max_size=size)
-    raise AssertionError(f"no strategy for {ttype}")
-
-
-def structs(cls: Any, *, depth: int = 0, hashable: bool = False) -> st.SearchStrategy[Any]:
-    """Instances of a struct class, as a decoder would build them.
-
-    A field with a default always has a value: left out of the JSON, it would come back as
-    its default, not as ``None``.
-    """
-    defaults = dict(getattr(cls, "default_spec", ()))
-    fields: dict[str, st.SearchStrategy[Any]] = {}
-    for field in cls.thrift_spec.values():
-        name = field[1]
-        ttype, spec = split_field_spec(field)
-        if ttype == TType.STRUCT and depth >= _MAX_GEN_DEPTH and not field[-1]:
-            fields[name] = st.none()
-            continue
-        value = thrift_values(ttype, spec, depth=depth + 1, hashable=hashable)
-        if field[-1] or defaults.get(name) is not None:
-            fields[name] = value
-        else:
-            fields[name] = st.none() | value
-    return st.fixed_dictionaries(fields).map(lambda kwargs: cls(**kwargs))
 
 
 def same(a: Any, b: Any) -> bool:
@@ -208,7 +134,7 @@ def test_bool_only_true_and_false() -> None:
     [(TType.BYTE, "i8"), (TType.I16, "i16"), (TType.I32, "i32"), (TType.I64, "i64")],
 )
 def test_integer_ranges(ttype: int, name: str) -> None:
-    lo, hi = _INT_BOUNDS[ttype]
+    lo, hi = INT_BOUNDS[ttype]
     assert value_from_json(ttype, None, lo) == lo
     assert value_from_json(ttype, None, hi) == hi
     for bad in (lo - 1, hi + 1):
@@ -367,7 +293,7 @@ def test_argument_error_paths() -> None:
     assert str(error) == 'argument.xtructs[2].i32_thing: expected an integer, got "x"'
     assert error.path == "argument.xtructs[2].i32_thing"
     assert isinstance(error, LocalProtocolError)
-    assert error.status_hint == 400
+    assert error.blame is Blame.CALLER
     assert error.public_message == str(error)
 
     error = args_error("sumXtructs", {"scale": 2})
@@ -547,11 +473,11 @@ def test_result_missing() -> None:
 def test_mapping_error_is_a_local_protocol_error() -> None:
     error = JsonMappingError("argument.x", "bad")
     assert isinstance(error, LocalProtocolError)
-    assert (str(error), error.path, error.reason, error.status_hint) == (
+    assert (str(error), error.path, error.reason, error.blame) == (
         "argument.x: bad",
         "argument.x",
         "bad",
-        400,
+        Blame.CALLER,
     )
 
 

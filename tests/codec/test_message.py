@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from thriftpy2.thrift import TApplicationException
 
+from offloop.codec.faults import FaultKind
 from offloop.codec.message import CALL, EXCEPTION, ONEWAY, REPLY, Header, MessageCodec
 from offloop.errors import RemoteProtocolError
 from offloop.idl import load_idl, service_info
@@ -88,15 +89,13 @@ def test_declared_exception_round_trip(codec: MessageCodec) -> None:
     assert body.invalid is None
 
 
-def test_application_error_round_trip(codec: MessageCodec) -> None:
-    data = codec.application_error(
-        "burn", 12, TApplicationException.INTERNAL_ERROR, "ValueError: boom"
-    )
+def test_fault_round_trip(codec: MessageCodec) -> None:
+    data = codec.fault("burn", 12, FaultKind.INTERNAL, "ValueError: boom")
     header, body = codec.decode_reply(data, METHODS["burn"])
     assert header == Header("burn", EXCEPTION, 12)
     assert isinstance(body, TApplicationException)
     assert body.type == TApplicationException.INTERNAL_ERROR
-    assert body.message == "ValueError: boom"
+    assert body.message == "internal error: ValueError: boom"
 
 
 def test_decode_reply_refuses_a_call(codec: MessageCodec) -> None:

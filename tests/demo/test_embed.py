@@ -6,15 +6,11 @@ Runs only where the ``offloop[dl]`` extra is installed (``make test`` installs i
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-
+from configs import override
 from harness import ServerThread, running_worker, thrift_client
 
 from offloop.demo.textlab import IDL_PATH
@@ -27,10 +23,8 @@ TEXTLAB = load_idl(IDL_PATH)
 
 
 def _config(batching: bool) -> WorkerConfig:
-    return WorkerConfig(
-        idl=str(IDL_PATH),
-        service="TextLab",
-        handler="offloop.demo.textlab:Handler",
+    return override(
+        WorkerConfig(idl=str(IDL_PATH), service="TextLab", handler="offloop.demo.textlab:Handler"),
         pool="thread",
         workers=2,
         port=0,

@@ -222,9 +222,40 @@ def test_crunch_rejects_out_of_range(handler: Handler, n: int) -> None:
         handler.crunch(n)
 
 
-def test_sleep_waits(handler: Handler) -> None:
-    assert handler.sleep(10) >= 10.0
-    assert handler.sleep(0) >= 0.0
+class FakeClock:
+    """Stands for the ``time`` module in ``textlab``: ``sleep`` advances ``perf_counter`` by
+    what was asked, plus ``overshoot`` seconds (an OS wakes a sleeper late, never early)."""
+
+    def __init__(self, overshoot: float = 0.0) -> None:
+        self.now = 1000.0
+        self.overshoot = overshoot
+        self.slept: list[float] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds + self.overshoot
+
+
+@pytest.mark.parametrize("millis", [0, 1, 250, 60_000])
+def test_sleep_waits_the_time_asked(
+    handler: Handler, monkeypatch: pytest.MonkeyPatch, millis: int
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(textlab, "time", clock)
+    assert handler.sleep(millis) == pytest.approx(millis)
+    assert clock.slept == [millis / 1000]  # one wait, of the asked length, in seconds
+
+
+def test_sleep_returns_the_time_it_really_waited(
+    handler: Handler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(overshoot=0.004)
+    monkeypatch.setattr(textlab, "time", clock)
+    assert handler.sleep(10) == pytest.approx(14.0)
+    assert clock.slept == [0.01]
 
 
 @pytest.mark.parametrize("millis", [-1, 60_001])

@@ -2,48 +2,31 @@
 the gateway's backend, in both gateway modes and behind both HTTP servers.
 
 The processor is Apache's generated code for the demo IDL (``tests/interop/gen-py``, from
-``thrift --gen py``) when it is there, else a small hand-written ``TProcessor`` that speaks
-the same methods through Apache's ``TBinaryProtocol``.
+``thrift --gen py``, on the import path through pytest's ``pythonpath``), and a small
+hand-written ``TProcessor`` that speaks the same methods through Apache's ``TBinaryProtocol``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import socket
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from gateway_stack import GatewayFactory, Stack
+from textlab import TextLab, ttypes
 from thrift.protocol import TBinaryProtocol
 from thrift.server import TServer
 from thrift.Thrift import TApplicationException, TMessageType, TProcessor, TType
 from thrift.transport import TSocket, TTransport
+from waiting import wait_until
 
-from tests.gateway.conftest import GatewayFactory, Stack
-
-GEN_PY = Path(__file__).resolve().parents[1] / "interop" / "gen-py"
 #: Threads of the Apache server: one per connection it serves at once.
 SERVER_THREADS = 8
-
-
-def _generated() -> tuple[Any, Any] | None:
-    """Apache's generated ``textlab`` modules (``TextLab``, ``ttypes``), if present."""
-    if not (GEN_PY / "textlab" / "TextLab.py").exists():
-        return None
-    if str(GEN_PY) not in sys.path:
-        sys.path.append(str(GEN_PY))
-    try:
-        return (
-            importlib.import_module("textlab.TextLab"),
-            importlib.import_module("textlab.ttypes"),
-        )
-    except ImportError:
-        return None
 
 
 class Handler:
@@ -68,8 +51,17 @@ class Handler:
 class HandWrittenProcessor(TProcessor):  # type: ignore[misc]
     """``ping``, ``parse`` and ``sleep`` of TextLab with Apache's protocol objects, by hand."""
 
+    def __init__(self) -> None:
+        self._on_message_begin: Callable[[str, int, int], None] | None = None
+
+    def on_message_begin(self, func: Callable[[str, int, int], None]) -> None:
+        """As the generated ``Processor``: ``func(name, type, seqid)`` for each call read."""
+        self._on_message_begin = func
+
     def process(self, iprot: Any, oprot: Any) -> bool:
-        name, _, seqid = iprot.readMessageBegin()
+        name, mtype, seqid = iprot.readMessageBegin()
+        if self._on_message_begin is not None:
+            self._on_message_begin(name, mtype, seqid)
         args: dict[int, Any] = {}
         iprot.readStructBegin()
         while True:
@@ -189,13 +181,46 @@ class _StoppableThreadPoolServer(TServer.TThreadPoolServer):  # type: ignore[mis
             super().serveThread()
 
 
-class ApacheServer:
-    """Apache's ``TThreadPoolServer`` (framed, binary) on 127.0.0.1 in daemon threads."""
+class Finished(TProcessor):  # type: ignore[misc]
+    """Wraps a processor and counts the calls it has finished, by method: a call counts once
+    its reply was written, or writing it failed (its client gone). A test waits on these
+    counts for a late reply to have left, instead of sleeping."""
 
     def __init__(self, processor: Any) -> None:
+        self._processor = processor
+        self._current = threading.local()
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        processor.on_message_begin(self._begin)
+
+    def _begin(self, name: str, mtype: int, seqid: int) -> None:
+        self._current.name = name
+
+    def process(self, iprot: Any, oprot: Any) -> bool:
+        self._current.name = None  # a connection that closes reads no call
+        try:
+            return bool(self._processor.process(iprot, oprot))
+        finally:
+            if self._current.name is not None:
+                with self._lock:
+                    self._counts[self._current.name] += 1
+
+    def __getitem__(self, method: str) -> int:
+        with self._lock:
+            return self._counts[method]
+
+
+class ApacheServer:
+    """Apache's ``TThreadPoolServer`` (framed, binary) on 127.0.0.1 in daemon threads.
+
+    :attr:`finished` counts the calls it has answered, by method.
+    """
+
+    def __init__(self, processor: Any) -> None:
+        self.finished = Finished(processor)
         self.transport = _StoppableServerSocket()
         self.server = _StoppableThreadPoolServer(
-            processor,
+            self.finished,
             self.transport,
             TTransport.TFramedTransportFactory(),
             TBinaryProtocol.TBinaryProtocolFactory(),
@@ -233,11 +258,7 @@ class ApacheServer:
 def apache_server(request: pytest.FixtureRequest) -> Iterator[ApacheServer]:
     """An Apache Thrift server of TextLab; stopped after the gateway in front of it."""
     if request.param == "generated":
-        generated = _generated()
-        if generated is None:
-            pytest.skip("no Apache code generated for textlab in tests/interop/gen-py")
-        service, ttypes = generated
-        processor = service.Processor(Handler(ttypes))
+        processor = TextLab.Processor(Handler(ttypes))
     else:
         processor = HandWrittenProcessor()
     server = ApacheServer(processor)
@@ -281,5 +302,6 @@ def test_apache_server_late_reply_after_deadline(
     # The late reply is dropped; the next calls are answered correctly.
     for i in range(5):
         assert stack.call("ping", {"msg": f"after {i}"}).json() == {"result": f"after {i}"}
-    time.sleep(0.4)
+    # Once the late reply has left the server, the gateway still answers correctly.
+    wait_until(lambda: apache_server.finished["sleep"] == 1, timeout=5)
     assert stack.call("ping", {"msg": "later"}).json() == {"result": "later"}

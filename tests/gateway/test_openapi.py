@@ -3,10 +3,8 @@ that accept exactly what the JSON mapping emits."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -15,10 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+from thrift_strategies import structs, thrift_values
 
 from offloop.codec.jsonmap import (
+    JsonMappingError,
     args_to_json,
     result_to_json,
+    split_field_spec,
+    struct_from_json,
     struct_to_json,
     value_to_json,
 )
@@ -33,20 +35,6 @@ SECOND = service_info(m, "Second")
 DOC = build_openapi([ALLTYPES, SECOND], exception_status={"Xception2": 409})
 SCHEMAS = DOC["components"]["schemas"]
 STANDARD_ERRORS = ("400", "404", "413", "415", "500", "502", "503", "504")
-
-
-def _load_jsonmap_tests() -> ModuleType:
-    # The strategies of Thrift values live with the codec's tests; test dirs are not packages.
-    spec = importlib.util.spec_from_file_location(
-        "jsonmap_strategies", TESTS / "codec" / "test_jsonmap.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-strategies = _load_jsonmap_tests()
 
 
 def validator(schema: dict[str, Any], doc: dict[str, Any] = DOC) -> jsonschema.Validator:
@@ -308,7 +296,7 @@ STRUCTS = ["Scalars", "Containers", "Node", "Insanity", "Xtruct2", "Xception2"]
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_emitted_json_validates_against_its_component(name: str, data: st.DataObject) -> None:
-    value = data.draw(strategies.structs(getattr(m, name)))
+    value = data.draw(structs(getattr(m, name)))
     component(name).validate(json.loads(json.dumps(struct_to_json(value), allow_nan=False)))
 
 
@@ -318,15 +306,15 @@ def test_emitted_json_validates_against_its_component(name: str, data: st.DataOb
 def test_arguments_and_results_validate(method: str, data: st.DataObject) -> None:
     info = ALLTYPES.methods[method]
     op = operation(f"/rpc/AllTypes/{method}")
-    args = data.draw(strategies.structs(info.args_cls))
+    args = data.draw(structs(info.args_cls))
     body = op["requestBody"]["content"]["application/json"]["schema"]
     validator(body).validate(args_to_json(info, args))
 
     result = info.result_cls()
     success = [f for f in info.result_cls.thrift_spec.values() if f[1] == "success"]
     if success:
-        ttype, spec = strategies.split_field_spec(success[0])
-        result.success = data.draw(strategies.thrift_values(ttype, spec))
+        ttype, spec = split_field_spec(success[0])
+        result.success = data.draw(thrift_values(ttype, spec))
     outcome = result_to_json(info, result)
     status = "202" if info.oneway else "200"
     schema = op["responses"][status]["content"]["application/json"]["schema"]
@@ -388,8 +376,8 @@ def test_special_values_validate() -> None:
 )
 def test_schema_refuses_what_the_mapping_refuses(bad: dict[str, Any]) -> None:
     assert not component("Scalars").is_valid(bad)
-    with pytest.raises(strategies.JsonMappingError):
-        strategies.struct_from_json(m.Scalars, bad)
+    with pytest.raises(JsonMappingError):
+        struct_from_json(m.Scalars, bad)
 
 
 @pytest.mark.parametrize(
@@ -404,5 +392,5 @@ def test_schema_refuses_what_the_mapping_refuses(bad: dict[str, Any]) -> None:
 )
 def test_container_schema_refuses_what_the_mapping_refuses(field: str, bad: Any) -> None:
     assert not component("Containers").is_valid({field: bad})
-    with pytest.raises(strategies.JsonMappingError):
-        strategies.struct_from_json(m.Containers, {field: bad})
+    with pytest.raises(JsonMappingError):
+        struct_from_json(m.Containers, {field: bad})

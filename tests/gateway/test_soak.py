@@ -11,17 +11,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
-import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pytest
-
-from tests.gateway.conftest import GatewayFactory, wait_until
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-
+from gateway_stack import GatewayFactory
 from soak_client import run_calls
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -4,18 +4,10 @@ Thrift's own Python library through code its compiler generated (``gen-py``, see
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-for path in (HERE.parent / "support", HERE / "gen-py"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from harness import (  # noqa: E402
+from harness import (
     POOLS,
     ServerThread,
     no_leftovers,

@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import ServerThread, running_worker, wait_until, worker_config
+from harness import ServerThread, running_worker, worker_config
 from textlab import TextLab
 from textlab.ttypes import InvalidArgument, ParseError
 from thrift.protocol import TBinaryProtocol, TCompactProtocol
 from thrift.Thrift import TApplicationException, TMessageType
 from thrift.transport import TSocket, TTransport
+from waiting import wait_until
 
 Protocol = Callable[[Any], Any]
 
@@ -72,7 +73,7 @@ def test_internal_error_is_apaches_application_exception(apache: ApacheClient) -
     with pytest.raises(TApplicationException) as info:
         apache.client.ping("raise")
     assert info.value.type == TApplicationException.INTERNAL_ERROR
-    assert info.value.message == "ValueError: boom"
+    assert info.value.message == "internal error: ValueError: boom"
     with pytest.raises(TApplicationException) as info:
         apache.client.ping("apperror")
     assert info.value.type == TApplicationException.UNKNOWN
@@ -92,7 +93,7 @@ def test_unknown_method_is_apaches_application_exception(apache: ApacheClient) -
     proto.readMessageEnd()
     assert (name, mtype, seqid) == ("nosuch", TMessageType.EXCEPTION, 41)
     assert error.type == TApplicationException.UNKNOWN_METHOD
-    assert error.message == "unknown method 'nosuch' of service TextLab"
+    assert error.message == "unknown method: 'nosuch' is not a method of service TextLab"
     assert apache.client.ping("still open") == "still open"
 
 
@@ -128,6 +129,6 @@ def test_compact_protocol(pool: str) -> None:
                 client.client.parse("x")
             with pytest.raises(TApplicationException) as info:
                 client.client.ping("raise")
-            assert info.value.message == "ValueError: boom"
+            assert info.value.message == "internal error: ValueError: boom"
         finally:
             client.close()

@@ -1,11 +1,17 @@
 """The pools on their own, over both kinds: bounded admission, deadlines that keep the bound,
-start-up failures and closing. (Through a server: tests/worker.)"""
+the one error a failing job raises, start-up failures and closing. (Through a server:
+tests/worker.)"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,8 +20,9 @@ import pytest
 from harness import pid_alive
 
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
-from offloop.runtime import Pool, ProcessPool, ThreadPool, WorkerCrashed
+from offloop.runtime import JobFailed, Pool, ProcessPool, ThreadPool, WorkerCrashed
 from offloop.runtime.processpool import WorkerStartError
+from offloop.runtime.threadpool import THREAD_NAME_PREFIX
 
 POOLS = ("thread", "process")
 
@@ -42,8 +49,11 @@ def test_admission_is_bounded_and_refusal_is_immediate(kind: str) -> None:
             await asyncio.sleep(0.05)
             stats = pool.stats()
             assert (stats.busy, stats.queued) == (2, 1)
-            with pytest.raises(Overloaded, match=r"^overloaded: "):
+            with pytest.raises(Overloaded, match=r"busy and \d+ calls queued$"):
                 await pool.run(("echo", 1), timeout=10)
+            admission = pool.stats().admission
+            assert admission is not None
+            assert (admission.limit, admission.borrowed, admission.refused) == (3, 3, 1)
             assert await asyncio.gather(*admitted) == [0.3, 0.3, 0.3]
             assert await pool.run(("echo", "room again"), timeout=10) == "room again"
         finally:
@@ -127,20 +137,178 @@ def test_killed_child_fails_its_job_and_the_queue_survives() -> None:
 
 
 @pytest.mark.parametrize("kind", POOLS)
-def test_job_function_errors_reach_the_caller(kind: str) -> None:
+def test_queued_jobs_given_up_give_their_slot_back_at_once(kind: str) -> None:
+    async def test() -> None:
+        pool = make_pool(kind, workers=1, max_queued=1)
+        await pool.start()
+        try:
+
+            def borrowed() -> int:
+                admission = pool.stats().admission
+                assert admission is not None
+                return admission.borrowed
+
+            running = asyncio.ensure_future(pool.run(("sleep", 0.5), timeout=10))
+            await asyncio.sleep(0.05)
+            with pytest.raises(DeadlineExceeded):
+                await pool.run(("echo", "timed out"), timeout=0.05)
+            assert borrowed() == 1
+            cancelled = asyncio.ensure_future(pool.run(("echo", "cancelled"), timeout=10))
+            await asyncio.sleep(0.05)
+            assert borrowed() == 2
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            assert (borrowed(), pool.stats().queued) == (1, 0)
+            queued = asyncio.ensure_future(pool.run(("echo", "queued"), timeout=10))
+            assert await running == 0.5
+            assert await queued == "queued"
+            assert borrowed() == 0
+        finally:
+            await pool.close()
+
+    run(test)
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_every_admitted_job_gives_its_slot_back_once(kind: str) -> None:
+    async def test() -> None:
+        pool = make_pool(kind, workers=2, max_queued=4)
+        await pool.start()
+        try:
+            # Jobs that finish, time out while running or queued, and are refused.
+            calls = [
+                pool.run(("sleep", 0.05), timeout=0.01 if i % 3 == 0 else 10) for i in range(20)
+            ]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            refused = sum(isinstance(r, Overloaded) for r in results)
+            assert 0 < refused < 20
+            deadline = time.monotonic() + 10
+            while pool.stats().busy and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            admission = pool.stats().admission
+            assert admission is not None
+            assert (admission.borrowed, admission.refused) == (0, refused)
+            assert admission.admitted == 20 - refused
+            assert admission.peak == 6
+        finally:
+            await pool.close()
+
+    run(test)
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_a_failing_job_raises_job_failed_from_every_pool(kind: str) -> None:
     async def test() -> None:
         pool = make_pool(kind, workers=1)
         await pool.start()
         try:
             # The dispatcher never lets a handler error escape; if something did, the caller
-            # still gets an error (the job's own in a thread, WorkerCrashed from a child).
-            with pytest.raises((ValueError, WorkerCrashed), match="no good"):
+            # gets JobFailed whichever pool ran it, and the worker lives on.
+            with pytest.raises(JobFailed) as info:
                 await pool.run(("raise", "no good"), timeout=10)
+            failed = info.value
+            assert (failed.type_name, failed.message) == ("ValueError", "no good")
+            assert str(failed) == "ValueError: no good"
+            assert failed.traceback_text.startswith("Traceback (most recent call last):")
+            assert "raise ValueError(arg)" in failed.traceback_text
+            assert failed.traceback_text.rstrip().endswith("ValueError: no good")
+            if kind == "thread":
+                assert isinstance(failed.__cause__, ValueError)
             assert await pool.run(("echo", "next"), timeout=10) == "next"
+            assert pool.stats().restarts == 0
         finally:
             await pool.close()
 
     run(test)
+
+
+def _pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME_PREFIX)]
+
+
+def test_thread_pool_starts_every_thread_in_start_and_none_in_run() -> None:
+    async def test() -> None:
+        assert _pool_threads() == []
+        pool = ThreadPool(jobs.factory, workers=4, max_queued=4)
+        await pool.start()
+        try:
+            started = set(_pool_threads())
+            for _ in range(10):  # rounds that need every thread at once
+                calls = [pool.run(("sleep", 0.01), timeout=10) for _ in range(8)]
+                assert await asyncio.gather(*calls) == [0.01] * 8
+            assert set(_pool_threads()) == started, "run() started threads"
+            assert len(started) == 4
+        finally:
+            await pool.close()
+
+    run(test)
+
+
+#: Released by the tests that leave a job running at close, so that its thread ends.
+_release_job = threading.Event()
+
+
+def _blocking_factory() -> Callable[[Any], Any]:
+    def job(payload: Any) -> Any:
+        if payload == "block":
+            _release_job.wait(30)
+        return payload
+
+    return job
+
+
+def test_thread_pool_close_returns_within_grace_and_fails_its_callers() -> None:
+    async def test() -> None:
+        pool = ThreadPool(_blocking_factory, workers=1, max_queued=1)
+        await pool.start()
+        running = asyncio.ensure_future(pool.run("block", timeout=60))
+        queued = asyncio.ensure_future(pool.run("queued", timeout=60))
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        await pool.close(grace=0.2)
+        assert time.monotonic() - began < 10
+        with pytest.raises(ClosedError, match="closed before the call ran"):
+            await queued
+        with pytest.raises(ClosedError, match="closed while the call was running"):
+            await running
+        assert pool.stats().busy == 1  # left behind, as the warning said
+
+    _release_job.clear()
+    try:
+        run(test)
+    finally:
+        _release_job.set()
+
+
+def test_thread_pool_left_behind_does_not_hold_up_exit() -> None:
+    # A job still running after close() must not keep the process alive until it returns.
+    script = textwrap.dedent(
+        """
+        import asyncio, time
+        from offloop.runtime import ThreadPool
+
+        async def main():
+            pool = ThreadPool(lambda: time.sleep, workers=1)
+            await pool.start()
+            call = asyncio.ensure_future(pool.run(60, timeout=120))
+            await asyncio.sleep(0.1)
+            await pool.close(grace=0.2)
+            await asyncio.gather(call, return_exceptions=True)
+
+        asyncio.run(main())
+        """
+    )
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - began < 20
+    assert "1 calls still running" in done.stderr
 
 
 def test_process_pool_start_failure_says_why_and_leaves_nothing() -> None:
@@ -158,6 +326,8 @@ def test_thread_pool_start_failure_says_why() -> None:
         try:
             with pytest.raises(RuntimeError, match="cannot start this handler"):
                 await pool.start()
+            with pytest.raises(ClosedError):
+                await pool.run(("echo", 1), timeout=10)
         finally:
             await pool.close()
 

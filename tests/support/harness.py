@@ -9,8 +9,9 @@
 - :func:`children_of` and :func:`forkserver_children` list live processes by parent, from
   ``/proc`` (no psutil), to check that nothing is left behind.
 
-Child processes of a process pool import the handler as ``faulty:Handler``: this directory must
-be on ``sys.path`` before a pool starts (the conftests of the suites that use it see to that).
+Child processes of a process pool import the handler as ``faulty:Handler``: this directory is
+on ``sys.path`` through pytest's ``pythonpath`` setting (pyproject.toml), which multiprocessing
+hands on to the children.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import faulty
+from configs import override
 from prometheus_client.parser import text_string_to_metric_families
 from thriftpy2.rpc import make_client
 from thriftpy2.transport import TFramedTransportFactory
+from waiting import wait_until  # re-exported: the worker suites import it from here
 
 from offloop.codec.framing import FrameDecoder, encode_frame
 from offloop.codec.message import EXCEPTION, Header, MessageCodec, ProtocolName
@@ -49,6 +52,7 @@ __all__ = [
     "RawClient",
     "Reply",
     "ServerThread",
+    "calls_answered",
     "children_of",
     "forkserver_children",
     "metric",
@@ -79,18 +83,16 @@ SERVICE: ServiceInfo = service_info(textlab, "TextLab")
 def worker_config(pool: str, **overrides: Any) -> WorkerConfig:
     """A small, fast configuration of the faulty handler on a free port: two workers, a 2 s
     deadline, a 2 s grace, an admin port; ``overrides`` replace any field."""
-    base = WorkerConfig(
-        idl=IDL,
-        service="TextLab",
-        handler="faulty:Handler",
-        pool=pool,  # type: ignore[arg-type]
+    base = override(
+        WorkerConfig(idl=IDL, service="TextLab", handler="faulty:Handler"),
+        pool=pool,
         workers=2,
         port=0,
         call_timeout=2.0,
         grace=2.0,
         admin_port=0,
     )
-    return dataclasses.replace(base, **overrides)
+    return override(base, **overrides)
 
 
 class ServerThread:
@@ -322,18 +324,6 @@ class RawClient:
         return data == b""
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something true; returns it, or fails after
-    ``timeout`` seconds with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            assert value, f"condition not met within {timeout} s (last value {value!r})"
-            return value
-        time.sleep(interval)
-
-
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -381,6 +371,21 @@ def metric(text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
+
+
+def calls_answered(server: WorkerServer, method: str, outcome: str | None = None) -> float:
+    """Calls of ``method`` a worker server has answered, with ``outcome`` or with any (read
+    from its metrics, which count a call before its reply is sent)."""
+    total = 0.0
+    for family in server.metrics.registry.collect():
+        for sample in family.samples:
+            if (
+                sample.name == "offloop_worker_calls_total"
+                and sample.labels.get("method") == method
+                and outcome in (None, sample.labels.get("outcome"))
+            ):
+                total += sample.value
+    return total
 
 
 @contextlib.contextmanager

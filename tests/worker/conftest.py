@@ -1,25 +1,18 @@
 """Fixtures of the worker suite: real WorkerServers on 127.0.0.1, over both pools.
 
 Child processes of a process pool import the test handler as ``faulty:Handler``, so
-``tests/support`` goes on ``sys.path`` here, before any pool (and its fork server) starts.
+``tests/support`` is on ``sys.path`` (pytest's ``pythonpath`` setting in pyproject.toml).
 Every test is checked for leftovers: threads it started and worker processes must be gone
 when it ends.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-SUPPORT = str(Path(__file__).resolve().parents[1] / "support")
-if SUPPORT not in sys.path:
-    sys.path.insert(0, SUPPORT)
-
-from harness import POOLS, ServerThread, no_leftovers, worker_config  # noqa: E402
+from harness import POOLS, ServerThread, no_leftovers, worker_config
 
 #: Seconds a test's threads and worker processes get to end after its servers stopped (a
 #: thread-pool call past its deadline runs on until it returns).

@@ -11,8 +11,9 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
-from harness import RawClient, ServerThread, metric, nice_of, thrift_client, wait_until
+from harness import RawClient, ServerThread, metric, nice_of, thrift_client
 from thriftpy2.thrift import TApplicationException
+from waiting import wait_until
 
 StartWorker = Callable[..., ServerThread]
 

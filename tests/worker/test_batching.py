@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from harness import RawClient, ServerThread, metric, textlab, thrift_client, wait_until
+from harness import RawClient, ServerThread, metric, textlab, thrift_client
 from thriftpy2.thrift import TApplicationException
+from waiting import wait_until
 
 StartWorker = Callable[..., ServerThread]
 
@@ -55,7 +56,7 @@ def test_a_failing_batch_fails_only_its_own_calls(batched: ServerThread) -> None
     for seqid in range(8):
         assert replies[seqid].is_exception
         assert replies[seqid].body.type == TApplicationException.INTERNAL_ERROR
-        assert replies[seqid].body.message == "RuntimeError: batch failed"
+        assert replies[seqid].body.message == "internal error: RuntimeError: batch failed"
     assert replies[8].value() == [[2.0, 2.0]]
     assert replies[9].value() == [[3.0, 2.0]]
 

@@ -28,7 +28,7 @@ from harness import (
     wait_until,
 )
 
-from offloop.cli import build_parser, main, worker_config
+from offloop.cli import main, parse
 
 #: Seconds a worker subprocess may take to start listening (imports, fork server, children).
 START_TIMEOUT = 30.0
@@ -151,7 +151,7 @@ def test_sigterm_finishes_the_call_in_flight_and_exits_0(spawn: type[WorkerProce
         # (by the child, to the stderr it shares with the worker).
         assert int(raw.call("ping", "nice", seqid=1)) == min(19, nice_of(os.getpid()) + 4)
         raw.send("ping", 2, "raise")
-        assert raw.recv().body.message == "ValueError: boom"
+        assert raw.recv().body.message == "internal error: ValueError: boom"
         raw.send("sleep", 3, 700)
         worker.wait_busy(1)
         sent_at = time.monotonic()
@@ -176,7 +176,7 @@ def test_sigterm_with_thread_pool(spawn: type[WorkerProcess]) -> None:
     worker = spawn("thread", "--grace", "5")
     with RawClient(worker.port) as raw:
         raw.send("ping", 1, "raise")
-        assert raw.recv().body.message == "ValueError: boom"
+        assert raw.recv().body.message == "internal error: ValueError: boom"
         raw.send("sleep", 2, 500)
         worker.wait_busy(1)
         worker.proc.send_signal(signal.SIGTERM)
@@ -243,16 +243,21 @@ BASE = ["worker", "--idl", IDL, "--service", "TextLab", "--handler", "faulty:Han
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--pool", "fibre"], "invalid choice: 'fibre'"),
-        (["--workers", "-1"], "workers must be at least 1"),
-        (["--workers", "two"], "invalid int value: 'two'"),
-        (["--nice", "25"], "nice must be between 0 and 19"),
-        (["--call-timeout", "0"], "call_timeout must be positive"),
-        (["--grace", "-1"], "grace must be >= 0"),
-        (["--max-queued", "-2"], "max_queued must be >= 0"),
-        (["--max-frame-size", "0"], "max_frame_size must be between 1 byte and 1 GiB"),
-        (["--protocol", "json"], "invalid choice: 'json'"),
-        (["--port", "70000"], "port must be between 0 and 65535"),
+        (["--pool", "fibre"], "--pool: expected one of process, thread, got 'fibre'"),
+        (["--workers", "-1"], "--workers: workers must be >= 0 (0: one per core)"),
+        (["--workers", "two"], "--workers: expected an integer, got 'two'"),
+        (["--nice", "25"], "--nice: nice must be between 0 and 19"),
+        (["--call-timeout", "0"], "--call-timeout: call_timeout must be positive"),
+        (["--grace", "-1"], "--grace: grace must be >= 0"),
+        (["--max-queued", "-2"], "--max-queued: max_queued must be >= 0"),
+        (
+            ["--max-frame-size", "0"],
+            "--max-frame-size: max_frame_size must be between 1 byte and 1 GiB",
+        ),
+        (["--protocol", "json"], "--protocol: expected one of binary, compact, got 'json'"),
+        (["--port", "70000"], "--port: port must be between 0 and 65535, not 70000"),
+        (["--admin-port", "70000"], "--admin-port: admin port must be between 0 and 65535"),
+        (["--handler", "faulty"], "--handler: expected package.module:Name, got 'faulty'"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(
@@ -261,9 +266,9 @@ def test_bad_flags_exit_2_with_a_clear_message(
     with pytest.raises(SystemExit) as info:
         main([*BASE, *flags])
     assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("usage: offloop")
-    assert message in err
+    usage, line = capsys.readouterr().err.splitlines()
+    assert usage.startswith("usage: offloop worker --idl IDL --service SERVICE --handler")
+    assert line == f"offloop worker: {message}"
 
 
 def test_missing_required_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -274,22 +279,24 @@ def test_missing_required_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_workers_0_means_one_per_core() -> None:
-    ns = build_parser().parse_args([*BASE, "--pool", "thread", "--workers", "0"])
-    config = worker_config(ns)
+    config = parse([*BASE, "--pool", "thread", "--workers", "0"], environ={}).worker
+    assert config is not None
     assert config.workers == (os.cpu_count() or 1)
     assert config.max_queued == 4 * config.workers
 
 
 def test_defaults_of_the_command() -> None:
-    config = worker_config(build_parser().parse_args(BASE))
-    assert (config.pool, config.call_timeout, config.grace, config.nice) == (
+    config = parse(BASE, environ={}).worker
+    assert config is not None
+    assert (config.pool.kind, config.limits.call_timeout, config.grace, config.pool.nice) == (
         "process",
         30.0,
         10.0,
         10,
     )
-    assert config.max_frame_size == 16 * 1024 * 1024
-    assert config.admin_port is None
+    assert config.limits.max_frame_size == 16 * 1024 * 1024
+    assert config.admin.port is None
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 9090)
 
 
 def test_bad_flags_as_a_subprocess() -> None:
@@ -303,24 +310,69 @@ def test_bad_flags_as_a_subprocess() -> None:
     assert "nice must be between 0 and 19" in result.stderr
 
 
+def _start_env() -> dict[str, str]:
+    """The worker's environment for start-up tests: faulty importable, no stray OFFLOOP_."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOOP_")}
+    env["PYTHONPATH"] = str(SUPPORT_DIR)
+    return env
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--handler", "nosuchmodule:Handler"], "No module named 'nosuchmodule'"),
         (["--idl", "/nonexistent.thrift"], "IDL file not found: /nonexistent.thrift"),
+        (
+            ["--handler", "faulty:Missing", "--no-batching"],
+            "module 'faulty' has no attribute 'Missing'",
+        ),
+        (["--handler", "faulty:Missing"], "module 'faulty' has no attribute 'Missing'"),
     ],
-    ids=["handler", "idl"],
+    ids=["handler", "idl", "missing attribute", "missing attribute, batching"],
 )
-def test_start_up_failure_says_why(flags: list[str], message: str) -> None:
-    env = dict(os.environ, PYTHONPATH=str(SUPPORT_DIR))
+def test_start_up_failure_says_why_in_one_line(flags: list[str], message: str) -> None:
     args = ["--idl", IDL, "--service", "TextLab", "--handler", "faulty:Handler", *flags]
     result = subprocess.run(
         [sys.executable, "-m", "offloop.cli", "worker", "--pool", "thread", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=_start_env(),
     )
-    assert result.returncode in (1, 2), result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "worker failed to start" in lines[0]
+    assert message in lines[0]
+
+
+def test_a_port_in_use_fails_start_up_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "offloop.cli", *BASE, "--pool", "thread", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_start_env(),
+        )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "worker failed to start" in lines[0] and str(port) in lines[0]
+
+
+def test_settings_from_the_environment_and_a_file(tmp_path: Path) -> None:
+    """The same settings as flags, given as a worker's deployment would: a file and the
+    environment (the file names the handler, the environment the pool)."""
+    config = tmp_path / "offloop.toml"
+    config.write_text(
+        f'[worker]\nidl = "{IDL}"\nservice = "TextLab"\nhandler = "faulty:Handler"\n'
+        "[worker.pool]\nkind = 'process'\nworkers = 3\n"
+    )
+    env = {"OFFLOOP_CONFIG": str(config), "OFFLOOP_POOL": "thread", "OFFLOOP_ADMIN_PORT": "0"}
+    worker = parse(["worker"], environ=env).worker
+    assert worker is not None
+    assert (worker.pool.kind, worker.pool.workers, worker.admin.port) == ("thread", 3, 0)

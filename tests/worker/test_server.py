@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import struct
 import time
 from collections.abc import Callable
 
 import pytest
-from harness import (
-    SERVICE,
-    RawClient,
-    ServerThread,
-    metric,
-    textlab,
-    thrift_client,
-    wait_until,
-)
+from harness import SERVICE, RawClient, ServerThread, metric, textlab, thrift_client
 from thriftpy2.protocol import TCompactProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TFramedTransportFactory
+from waiting import wait_until
 
 from offloop.codec.framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from offloop.codec.message import MessageCodec
@@ -148,12 +142,23 @@ def test_uvloop_event_loop(start_worker: StartWorker) -> None:
 
 
 def test_defaults() -> None:
-    config = WorkerConfig(idl="x.thrift", service="S", handler="m:H", workers=3)
-    assert config.max_frame_size == DEFAULT_MAX_FRAME_SIZE == 16 * 1024 * 1024
-    assert config.max_queued == 12  # four per worker
-    assert config.call_timeout == 30.0
+    config = WorkerConfig(idl="x.thrift", service="S", handler="m:H")
+    assert config.limits.max_frame_size == DEFAULT_MAX_FRAME_SIZE == 16 * 1024 * 1024
+    assert config.workers == os.cpu_count()
+    assert config.limits.call_timeout == 30.0
     assert config.grace == 10.0
-    assert config.nice == 10
+    assert config.pool.nice == 10
+    assert config.listen.port == 9090
+
+
+def test_derived_values_follow_the_fields_they_come_from() -> None:
+    config = WorkerConfig(idl="x.thrift", service="S", handler="m:H")
+    three = dataclasses.replace(config, pool=dataclasses.replace(config.pool, workers=3))
+    assert three.max_queued == 12  # four per worker, computed from the new size
+    eight = dataclasses.replace(three, pool=dataclasses.replace(three.pool, workers=8))
+    assert eight.max_queued == 32
+    fixed = dataclasses.replace(eight, limits=dataclasses.replace(eight.limits, max_queued=5))
+    assert fixed.max_queued == 5
 
 
 def test_full_queue_is_answered_overloaded_at_once(start_worker: StartWorker) -> None:
@@ -209,7 +214,7 @@ def test_other_exception_is_internal_error_and_logged(
         with pytest.raises(TApplicationException) as info:
             client.ping("raise")
         assert info.value.type == INTERNAL_ERROR
-        assert info.value.message == "ValueError: boom"
+        assert info.value.message == "internal error: ValueError: boom"
         assert client.ping("connection stays open") == "connection stays open"
     finally:
         client.close()
@@ -224,7 +229,11 @@ def test_other_exception_is_internal_error_and_logged(
 @pytest.mark.parametrize(
     ("command", "type_", "message"),
     [
-        ("badreturn", INTERNAL_ERROR, "handler returned a value that does not match the IDL"),
+        (
+            "badreturn",
+            INTERNAL_ERROR,
+            "internal error: handler returned a value that does not match the IDL",
+        ),
         ("apperror", TApplicationException.UNKNOWN, "app says no"),
     ],
 )
@@ -378,7 +387,7 @@ def test_unknown_method_is_answered_and_the_connection_stays_open(
         assert reply.seqid == 5
         assert reply.is_exception
         assert reply.body.type == TApplicationException.UNKNOWN_METHOD
-        assert reply.body.message == "unknown method 'nosuch' of service TextLab"
+        assert reply.body.message == "unknown method: 'nosuch' is not a method of service TextLab"
         assert raw.call("ping", "same connection", seqid=6) == "same connection"
     (line,) = worker_warnings(caplog)
     assert "unknown method 'nosuch'" in line
@@ -452,7 +461,7 @@ def test_shutdown_finishes_in_flight_calls_and_stops_accepting(start_worker: Sta
         raw.send("ping", 2, "late")
         late = raw.recv()
         assert late.seqid == 2
-        assert late.body.message.startswith("overloaded: server is shutting down")
+        assert late.body.message.startswith("shutting down: ")
         reply = raw.recv()
         assert (reply.seqid, reply.value()) == (1, 500.0)
         done.result(10)

@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from harness import RawClient, ServerThread, metric, pid_alive, thrift_client, wait_until
+from harness import RawClient, ServerThread, metric, pid_alive, thrift_client
 from thriftpy2.thrift import TApplicationException
+from waiting import wait_until
 
 StartWorker = Callable[..., ServerThread]
 
@@ -47,7 +48,7 @@ def test_child_death_fails_only_its_call(
         assert died.is_exception
         assert died.body.type == TApplicationException.INTERNAL_ERROR
         assert died.body.message == (
-            f"worker process {before} died ({how}) while running this call"
+            f"crashed: worker process {before} died ({how}) while running this call"
         )
         # The queued call ran on the replacement: nothing was lost.
         assert (queued.seqid, queued.value()) == (2, "queued behind it")
@@ -77,7 +78,7 @@ def test_kill_9_fails_only_the_running_call(start_worker: StartWorker) -> None:
         died = raw.recv()
         assert died.seqid == 1
         assert died.body.message == (
-            f"worker process {victim} died (killed by signal 9) while running this call"
+            f"crashed: worker process {victim} died (killed by signal 9) while running this call"
         )
         queued = raw.recv_many(2)
         took = time.monotonic() - killed_at

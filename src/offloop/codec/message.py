@@ -17,6 +17,7 @@ from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport.buffered import TCyBufferedTransport
 from thriftpy2.transport.memory import TCyMemoryBuffer
 
+from offloop.codec.faults import FaultKind, fault_exception
 from offloop.errors import RemoteProtocolError
 from offloop.idl import MethodInfo
 
@@ -198,5 +199,10 @@ class MessageCodec:
         return self._encode(name, EXCEPTION, seqid, exc)
 
     def application_error(self, name: str, seqid: int, type_: int, message: str) -> bytes:
-        """Encode a ``TApplicationException`` of ``type_`` with ``message``."""
+        """Encode a ``TApplicationException`` of ``type_`` with ``message`` (any server's;
+        offloop's workers send :meth:`fault`)."""
         return self.encode_exception(name, seqid, TApplicationException(type_, message))
+
+    def fault(self, name: str, seqid: int, kind: FaultKind, detail: str) -> bytes:
+        """Encode the ``TApplicationException`` of the fault contract for ``kind``."""
+        return self.encode_exception(name, seqid, fault_exception(kind, detail))

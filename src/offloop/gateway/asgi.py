@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from offloop.gateway.core import Gateway, Request, Response, error_response
+from offloop.gateway.core import Gateway, Request, Response
 
 __all__ = ["ASGIApp"]
 
@@ -25,7 +25,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class _BodyTooLarge(Exception):
-    pass
+    def __init__(self, response: Response) -> None:
+        self.response = response
 
 
 class _Disconnected(Exception):
@@ -61,7 +62,7 @@ class ASGIApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _read_body(self, receive: Receive, limit: int) -> bytes:
+    async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -70,8 +71,9 @@ class ASGIApp:
                 raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > limit:
-                raise _BodyTooLarge
+            too_large = self.gateway.body_too_large(size)
+            if too_large is not None:
+                raise _BodyTooLarge(too_large)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -85,21 +87,15 @@ class ASGIApp:
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        limit = gateway.config.max_body
-        response: Response
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            response = error_response(
-                413, f"body of {declared} bytes is over the limit of {limit} bytes"
-            )
-            await _send(send, response, close=True)
+        too_large = gateway.body_too_large(int(declared)) if declared.isdigit() else None
+        if too_large is not None:
+            await _send(send, too_large, close=True)
             return
         try:
-            body = await self._read_body(receive, limit)
-        except _BodyTooLarge:
-            await _send(
-                send, error_response(413, f"body is over the limit of {limit} bytes"), close=True
-            )
+            body = await self._read_body(receive)
+        except _BodyTooLarge as exc:
+            await _send(send, exc.response, close=True)
             return
         except _Disconnected:
             return  # nobody to answer

@@ -1,4 +1,12 @@
-"""GatewayConfig: everything the HTTP gateway needs, validated once."""
+"""GatewayConfig: everything the HTTP gateway needs, as nested frozen dataclasses.
+
+Each part is the config of one layer: where it listens (:class:`~offloop.listen.ListenConfig`),
+what its HTTP front accepts (:class:`FrontConfig`), how its clients talk to workers
+(:class:`~offloop.client.config.ClientConfig`), how backends are probed
+(:class:`~offloop.client.balancer.HealthConfig`), actor mode (:class:`ActorsConfig`) and the
+loop watchdog (:class:`~offloop.watchdog.WatchdogConfig`). Make variants with
+:func:`dataclasses.replace`; nothing derived is stored.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["GatewayConfig", "parse_backend"]
+from offloop.client.balancer import HealthConfig
+from offloop.client.config import ClientConfig
+from offloop.listen import ListenConfig
+from offloop.watchdog import WatchdogConfig
+
+__all__ = ["ActorsConfig", "FrontConfig", "GatewayConfig", "Mode", "ServerKind", "parse_backend"]
 
 Mode = Literal["loop", "actor"]
 ServerKind = Literal["uvicorn", "tornado"]
+
+#: The gateway's default HTTP port.
+GATEWAY_PORT = 8080
 
 
 def parse_backend(text: str) -> tuple[str | None, str, int]:
@@ -26,6 +42,59 @@ def parse_backend(text: str) -> tuple[str | None, str, int]:
 
 
 @dataclass(frozen=True)
+class FrontConfig:
+    """What the HTTP front accepts, and how it refuses.
+
+    Attributes:
+        server: the HTTP server, ``uvicorn`` (ASGI, the default) or ``tornado``.
+        max_body: largest request body, in bytes; a larger one is refused with 413.
+        timeout: default and largest per-call deadline, seconds; ``X-Request-Timeout`` may
+            lower it for one request.
+        max_inflight: calls in flight in the gateway; one more is refused at once with 503.
+        retry_after: seconds advertised in ``Retry-After`` when a call is refused with 503.
+    """
+
+    server: ServerKind = "uvicorn"
+    max_body: int = 1024 * 1024
+    timeout: float = 30.0
+    max_inflight: int = 1024
+    retry_after: int = 1
+
+    def __post_init__(self) -> None:
+        if self.server not in ("uvicorn", "tornado"):
+            raise ValueError(f"server must be 'uvicorn' or 'tornado', not {self.server!r}")
+        if not 0 < self.max_body <= 1 << 30:
+            raise ValueError("max_body must be between 1 byte and 1 GiB")
+        if not self.timeout > 0:
+            raise ValueError("timeout must be positive")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        if self.retry_after < 0:
+            raise ValueError("retry_after must be >= 0")
+
+
+@dataclass(frozen=True)
+class ActorsConfig:
+    """Actor mode (``mode = "actor"``).
+
+    Attributes:
+        count: actors in all, hence threads and blocking connections; spread over the
+            backends (at least one each).
+        mailbox: calls an actor may hold queued behind the one it runs; with every actor's
+            mailbox full a call is refused at once with 503.
+    """
+
+    count: int = field(default=32, metadata={"flag": "actors"})
+    mailbox: int = 4
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError("actors must be at least 1")
+        if self.mailbox < 0:
+            raise ValueError("mailbox must be >= 0")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Configuration of the HTTP gateway (``offloop gateway``).
 
@@ -33,69 +102,41 @@ class GatewayConfig:
         idl: path of the ``.thrift`` file; every method of every service becomes a route.
         backends: service name -> worker addresses; the key ``"*"`` serves every service
             that has no addresses of its own.
-        services: services to expose; empty for all services of the IDL that have backends.
-        host: address to listen on.
-        port: HTTP port (0 picks a free one).
-        server: ``uvicorn`` (default) or ``tornado``.
-        mode: ``loop`` (async multiplexed clients) or ``actor`` (Pykka actors with blocking
-            clients).
-        max_body: largest request body, bytes; larger is 413.
-        timeout: default and largest per-call deadline, seconds; ``X-Request-Timeout`` may
-            lower it for one request.
-        max_inflight: calls in flight in the gateway; beyond it, 503 at once.
-        pool_size: connections per backend (loop mode).
-        actors: actors, hence blocking connections (actor mode).
-        mailbox: calls queued per actor before 503 (actor mode).
+        services: services to expose; empty for every service of the IDL.
+        mode: ``loop`` (async clients, many calls in flight per connection) or ``actor``
+            (Pykka actors with blocking clients).
         idempotent: ``Service.method`` names that may be retried after being sent.
         exception_status: HTTP status per declared exception type name (default 422).
-        grace: seconds to drain in-flight calls on shutdown.
-        max_frame_size: largest Thrift reply accepted, bytes.
-        watchdog: whether the loop watchdog runs.
-        stall_threshold: seconds without a loop turn that count as a stall.
-        retry_after: seconds advertised in ``Retry-After`` on 503 overloaded.
+        grace: seconds to drain calls in flight on shutdown.
+        listen: where the HTTP server listens.
+        front: what the HTTP front accepts.
+        client: how calls reach the workers.
+        health: how backends are probed.
+        actors: actor mode.
+        watchdog: the loop watchdog.
     """
 
     idl: str
     backends: Mapping[str, tuple[tuple[str, int], ...]]
     services: tuple[str, ...] = ()
-    host: str = "127.0.0.1"
-    port: int = 8080
-    server: ServerKind = "uvicorn"
     mode: Mode = "loop"
-    max_body: int = 1024 * 1024
-    timeout: float = 30.0
-    max_inflight: int = 1024
-    pool_size: int = 4
-    actors: int = 32
-    mailbox: int = 4
     idempotent: frozenset[str] = frozenset()
     exception_status: Mapping[str, int] = field(default_factory=dict)
     grace: float = 10.0
-    max_frame_size: int = 16 * 1024 * 1024
-    watchdog: bool = True
-    stall_threshold: float = 0.1
-    retry_after: int = 1
+    listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=GATEWAY_PORT))
+    front: FrontConfig = field(default_factory=FrontConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    health: HealthConfig = field(default_factory=HealthConfig, metadata={"prefix": "health-"})
+    actors: ActorsConfig = field(default_factory=ActorsConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     def __post_init__(self) -> None:
         if not self.backends:
             raise ValueError("at least one backend is needed (--backend host:port)")
-        if self.server not in ("uvicorn", "tornado"):
-            raise ValueError(f"server must be 'uvicorn' or 'tornado', not {self.server!r}")
         if self.mode not in ("loop", "actor"):
             raise ValueError(f"mode must be 'loop' or 'actor', not {self.mode!r}")
-        if not 0 < self.max_body <= 1 << 30:
-            raise ValueError("max_body must be between 1 byte and 1 GiB")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be positive")
-        for name in ("max_inflight", "pool_size", "actors", "mailbox", "max_frame_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
-        if self.stall_threshold <= 0:
-            raise ValueError("stall_threshold must be positive")
         for name, status in self.exception_status.items():
             if not 400 <= status <= 599:
                 raise ValueError(f"status for {name} must be a 4xx or 5xx code, not {status}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be between 0 and 65535")

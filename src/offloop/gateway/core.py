@@ -32,21 +32,21 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from offloop.client.caller import Caller
 from offloop.codec.jsonmap import JsonMappingError, args_from_json, result_to_json
 from offloop.errors import (
-    ClosedError,
-    DeadlineExceeded,
     LocalProtocolError,
     OffloopError,
-    Overloaded,
+    PayloadTooLarge,
     RemoteApplicationError,
 )
 from offloop.gateway.config import GatewayConfig
 from offloop.gateway.metrics import GatewayMetrics
 from offloop.gateway.openapi import build_openapi
+from offloop.gateway.statuses import status_for
 from offloop.idl import MethodInfo, ServiceInfo
-from offloop.rpc.caller import Caller
-from offloop.watchdog import LoopWatchdog, WatchdogConfig
+from offloop.runtime.limiter import Limiter
+from offloop.watchdog import LoopWatchdog
 
 __all__ = ["Gateway", "Request", "Response"]
 
@@ -127,17 +127,14 @@ class Gateway:
         self.caller = caller
         self.metrics = GatewayMetrics(caller.backend_states)
         self.watchdog: LoopWatchdog | None = None
-        if config.watchdog:
-            self.watchdog = LoopWatchdog(
-                WatchdogConfig(stall_threshold=config.stall_threshold),
-                registry=self.metrics.registry,
-            )
+        if config.watchdog.enabled:
+            self.watchdog = LoopWatchdog(config.watchdog, registry=self.metrics.registry)
         self._openapi = json.dumps(
             build_openapi(list(self.services.values()), exception_status=config.exception_status)
         ).encode()
         self._assets = _load_assets()
-        self._inflight = 0
-        self.metrics.track_inflight(lambda: self._inflight)
+        self._calls = Limiter(config.front.max_inflight, name="gateway calls in flight")
+        self.metrics.track_inflight(lambda: self._calls.borrowed)
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -165,12 +162,12 @@ class Gateway:
         caller's connections and stop the watchdog."""
         grace = self.config.grace if grace is None else grace
         self._closing = True
-        if self._inflight:
-            log.info("draining %d calls in flight (grace %.1f s)", self._inflight, grace)
+        if self._calls.borrowed:
+            log.info("draining %d calls in flight (grace %.1f s)", self._calls.borrowed, grace)
             try:
                 await asyncio.wait_for(self._idle.wait(), grace)
             except TimeoutError:
-                log.warning("%d calls still in flight after the grace period", self._inflight)
+                log.warning("%d calls still in flight after the grace period", self._calls.borrowed)
         await self.caller.close()
         if self.watchdog is not None:
             self.watchdog.stop()
@@ -182,7 +179,34 @@ class Gateway:
 
     @property
     def inflight(self) -> int:
-        return self._inflight
+        """Calls in flight now."""
+        return self._calls.borrowed
+
+    def body_too_large(self, size: int) -> Response | None:
+        """The 413 response for a body of ``size`` bytes (declared or received so far), or
+        None while it is within ``front.max_body``. The fronts call it while reading."""
+        limit = self.config.front.max_body
+        if size <= limit:
+            return None
+        return self.error(PayloadTooLarge("body", size, limit))
+
+    def error(self, exc: BaseException, where: str = "") -> Response:
+        """The response for ``exc`` by the status table (:mod:`offloop.gateway.statuses`):
+        its public message for the client, the detail for the log."""
+        row = status_for(exc)
+        headers = [("retry-after", str(self.config.front.retry_after))] if row.retry_after else []
+        prefix = f"{where}: " if where else ""
+        if isinstance(exc, OffloopError):
+            if row.status >= 500:
+                log.warning("%s%s", prefix, exc)
+            extra: dict[str, str] = {}
+            if isinstance(exc, JsonMappingError):
+                extra["path"] = exc.path
+            elif isinstance(exc, RemoteApplicationError):
+                extra["type"] = "TApplicationException"
+            return error_response(row.status, prefix + exc.public_message, headers, **extra)
+        log.error("%sfailed unexpectedly", prefix, exc_info=exc)
+        return error_response(row.status, f"{prefix}internal error ({type(exc).__name__})", headers)
 
     # -- routing -------------------------------------------------------------------------
 
@@ -266,9 +290,10 @@ class Gateway:
     # -- calls ---------------------------------------------------------------------------
 
     def _timeout(self, headers: Mapping[str, str]) -> float:
+        cap = self.config.front.timeout
         raw = headers.get("x-request-timeout")
         if raw is None:
-            return self.config.timeout
+            return cap
         try:
             value = float(raw)
         except ValueError:
@@ -277,18 +302,15 @@ class Gateway:
             raise LocalProtocolError(
                 f"X-Request-Timeout must be a positive number of seconds, got {raw!r}"
             )
-        return min(value, self.config.timeout)
+        return min(value, cap)
 
     async def _rpc(self, request: Request, info: ServiceInfo, method: MethodInfo) -> Response:
         ctype = request.headers.get("content-type", "")
         if ctype.split(";", 1)[0].strip().lower() != _JSON:
             return error_response(415, f"content-type must be {_JSON}, got {ctype or 'none'!r}")
-        if len(request.body) > self.config.max_body:
-            return error_response(
-                413,
-                f"body of {len(request.body)} bytes is over the limit of "
-                f"{self.config.max_body} bytes",
-            )
+        too_large = self.body_too_large(len(request.body))
+        if too_large is not None:
+            return too_large
         try:
             timeout = self._timeout(request.headers)
             try:
@@ -296,21 +318,16 @@ class Gateway:
             except (ValueError, UnicodeDecodeError) as exc:
                 raise LocalProtocolError(f"malformed JSON: {exc}") from exc
             args = args_from_json(method, payload)
-        except JsonMappingError as exc:
-            return error_response(400, str(exc), path=exc.path)
         except LocalProtocolError as exc:
-            return error_response(400, exc.public_message)
+            return self.error(exc)
+        retry = [("retry-after", str(self.config.front.retry_after))]
         if self._closing:
+            return error_response(503, "gateway is shutting down", retry)
+        calls = self._calls
+        if not calls.try_acquire():
             return error_response(
-                503, "gateway is shutting down", [("retry-after", str(self.config.retry_after))]
+                503, f"overloaded: {calls.borrowed} calls in flight (max_inflight)", retry
             )
-        if self._inflight >= self.config.max_inflight:
-            return error_response(
-                503,
-                f"overloaded: {self._inflight} calls in flight (max_inflight)",
-                [("retry-after", str(self.config.retry_after))],
-            )
-        self._inflight += 1
         self._idle.clear()
         try:
             value = await self.caller.call(
@@ -323,8 +340,8 @@ class Gateway:
         except Exception as exc:
             return self._call_error(info, method, exc)
         finally:
-            self._inflight -= 1
-            if not self._inflight:
+            calls.release()
+            if not calls.borrowed:
                 self._idle.set()
         if method.oneway:
             return Response(202, b'{"result":null}', [("content-type", _JSON)])
@@ -334,8 +351,7 @@ class Gateway:
         try:
             outcome = result_to_json(method, result)
         except OffloopError as exc:
-            log.error("%s.%s: %s", info.name, method.name, exc)
-            return error_response(502, exc.public_message)
+            return self.error(exc, f"{info.name}.{method.name}")
         return json_response(200, {"result": outcome.value})
 
     def _call_error(self, info: ServiceInfo, method: MethodInfo, exc: Exception) -> Response:
@@ -348,8 +364,7 @@ class Gateway:
                 try:
                     outcome = result_to_json(method, result)
                 except OffloopError as json_exc:  # the backend's exception, not shown as JSON
-                    log.error("%s: %s from the backend: %s", where, name, json_exc)
-                    return error_response(502, json_exc.public_message)
+                    return self.error(json_exc, f"{where}: {name} from the backend")
                 status = self.config.exception_status.get(name, 422)
                 return error_response(
                     status,
@@ -357,20 +372,4 @@ class Gateway:
                     type=name,
                     fields=outcome.value,
                 )
-        retry = [("retry-after", str(self.config.retry_after))]
-        if isinstance(exc, Overloaded | ClosedError):  # refused, not run: try again later
-            return error_response(503, exc.public_message, retry)
-        if isinstance(exc, RemoteApplicationError):
-            if exc.is_overloaded:
-                return error_response(503, exc.public_message, retry)
-            log.warning("%s: backend answered %s", where, exc)
-            if str(exc).startswith("deadline exceeded"):
-                return error_response(504, f"backend: {exc}")
-            return error_response(502, f"backend error: {exc}", type="TApplicationException")
-        if isinstance(exc, DeadlineExceeded):
-            return error_response(504, f"{where}: {exc.public_message}")
-        if isinstance(exc, OffloopError):
-            log.warning("%s failed: %s", where, exc)
-            return error_response(exc.status_hint, f"{where}: {exc.public_message}")
-        log.error("%s failed unexpectedly", where, exc_info=exc)
-        return error_response(500, f"{where}: internal error ({type(exc).__name__})")
+        return self.error(exc, where)

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from offloop.rpc.caller import BackendState
+from offloop.client.caller import BackendState
 
 __all__ = ["LATENCY_BUCKETS", "GatewayMetrics"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.web
 
-from offloop.gateway.core import Gateway, Request, Response, error_response
+from offloop.gateway.core import Gateway, Request, Response
 
 __all__ = ["make_application", "make_server"]
 
@@ -42,10 +42,10 @@ class _GatewayHandler(tornado.web.RequestHandler):
         return None
 
     def prepare(self) -> None:
-        limit = self.gateway.config.max_body
         declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > limit:
-            self._refuse_body(f"body of {declared} bytes is over the limit of {limit} bytes")
+        too_large = self.gateway.body_too_large(int(declared)) if declared.isdigit() else None
+        if too_large is not None:
+            self._refuse_body(too_large)
             return
         # Tornado answers a chunked body over its own limit with a 400, before the handler
         # sees the chunk that crosses it; so its limit is lifted here (a declared length is
@@ -56,18 +56,18 @@ class _GatewayHandler(tornado.web.RequestHandler):
         if self._finished:
             return  # answered already; Tornado closes the connection after the answer
         self._size += len(chunk)
-        limit = self.gateway.config.max_body
-        if self._size > limit:
+        too_large = self.gateway.body_too_large(self._size)
+        if too_large is not None:
             self._chunks.clear()
-            self._refuse_body(f"body is over the limit of {limit} bytes")
+            self._refuse_body(too_large)
             return
         self._chunks.append(chunk)
 
-    def _refuse_body(self, message: str) -> None:
+    def _refuse_body(self, response: Response) -> None:
         # Answered before the body is read, so Tornado closes the connection afterwards; say
         # so, or a client reuses the connection and its next request is lost.
         self.set_header("Connection", "close")
-        self._write(error_response(413, message))
+        self._write(response)
 
     def _write(self, response: Response) -> None:
         self.set_status(response.status)
@@ -121,6 +121,6 @@ def make_server(gateway: Gateway) -> tornado.httpserver.HTTPServer:
     the handler, not Tornado, answers oversized bodies (with 413)."""
     return tornado.httpserver.HTTPServer(
         make_application(gateway),
-        max_body_size=gateway.config.max_body + 1,
+        max_body_size=gateway.config.front.max_body + 1,
         idle_connection_timeout=60.0,
     )

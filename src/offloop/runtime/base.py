@@ -1,15 +1,19 @@
-"""What every pool offers: bounded admission, deadlines and statistics."""
+"""What every pool offers: bounded admission, deadlines, one error for a failing job, and
+statistics."""
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from offloop.errors import OffloopError
+from offloop.runtime.limiter import LimiterStats
 
 __all__ = [
     "JobFactory",
+    "JobFailed",
     "JobFn",
     "Pool",
     "PoolStats",
@@ -27,7 +31,40 @@ JobFactory = Callable[[], JobFn]
 class WorkerCrashed(OffloopError):
     """The worker process running the job died (killed, segfault, ``os._exit``)."""
 
-    status_hint = 502
+
+class JobFailed(OffloopError):
+    """The job function raised: the pool ran the job and it failed (the worker lives on).
+
+    Every pool raises this, whatever the job raised, so that callers handle one error. The
+    original exception cannot always cross a process boundary (not every exception pickles),
+    so what it said travels as text; in the thread pool it is also chained as ``__cause__``.
+    ``str(exc)`` is ``"TypeName: message"``, the way a traceback's last line names it.
+
+    Attributes:
+        type_name: the class name of the exception the job raised (``"ValueError"``).
+        message: ``str()`` of that exception.
+        traceback_text: its formatted traceback, for the log (never for a client).
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> JobFailed:
+        """Describe ``exc`` as text (call it where ``exc`` was caught, so that the traceback
+        is the job's own)."""
+        try:
+            message = str(exc)
+        except Exception:  # a broken __str__ must not hide the job's failure
+            message = f"<unprintable {type(exc).__name__}>"
+        return cls(type(exc).__name__, message, "".join(traceback.format_exception(exc)))
+
+    def __reduce__(self) -> tuple[type[JobFailed], tuple[str, str, str]]:
+        # Exception pickles self.args (one string); rebuild from the three fields instead.
+        return type(self), (self.type_name, self.message, self.traceback_text)
 
 
 @dataclass(frozen=True)
@@ -40,6 +77,9 @@ class PoolStats:
         busy: workers running a job now.
         queued: jobs admitted and waiting for a worker.
         restarts: children replaced since start (process pool only).
+        admission: the admission limiter (``workers + max_queued`` slots): jobs admitted
+            and not yet finished, including those whose caller gave up, the peak, and how
+            many were refused. None from a pool that does not report it.
     """
 
     workers: int
@@ -47,6 +87,7 @@ class PoolStats:
     busy: int
     queued: int
     restarts: int
+    admission: LimiterStats | None = None
 
 
 def default_max_queued(workers: int) -> int:
@@ -80,7 +121,13 @@ class Pool(Protocol):
     """A bounded pool of workers.
 
     ``run`` either admits the job (a worker is idle, or the queue has room) or raises
-    :class:`~offloop.errors.Overloaded` at once: nothing queues without bound.
+    :class:`~offloop.errors.Overloaded` at once: nothing queues without bound. A pool admits
+    at most ``workers + max_queued`` jobs (a :class:`~offloop.runtime.limiter.Limiter`); a
+    job holds its slot until it finishes or is dropped from the queue, even after its caller
+    gave up, so the bound stays true.
+
+    Whatever a job function raises reaches the caller as :class:`JobFailed`, from every pool;
+    a worker that dies under a job is :class:`WorkerCrashed` instead.
     """
 
     @property
@@ -93,13 +140,18 @@ class Pool(Protocol):
         """Run one job and return its result.
 
         Raises:
+            JobFailed: the job function raised (the worker lives on).
             Overloaded: every worker is busy and the queue is full.
             DeadlineExceeded: the job did not finish within ``timeout`` seconds.
             WorkerCrashed: the worker process died while running the job.
-            ClosedError: the pool is closed.
+            ClosedError: the pool is closed, or was closed before or while the job ran.
         """
 
     def stats(self) -> PoolStats: ...
 
     async def close(self, grace: float = 0.0) -> None:
-        """Stop the workers: running jobs get up to ``grace`` seconds, then are abandoned."""
+        """Stop the workers and return within about ``grace`` seconds.
+
+        Queued jobs fail with :class:`~offloop.errors.ClosedError`; running jobs get up to
+        ``grace`` seconds, then are abandoned (their callers see an error).
+        """

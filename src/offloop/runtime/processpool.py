@@ -11,7 +11,13 @@ failing every queued job; this pool supervises each child on its own:
   it (the fork server makes that take milliseconds, not an interpreter start-up).
 - A job past its deadline is failed with :class:`DeadlineExceeded` and its child is killed
   (``SIGKILL``) and replaced, so a runaway handler cannot hold a worker for ever.
-- Jobs wait in a bounded FIFO when every child is busy; a full queue refuses at once.
+- Jobs wait in a FIFO when every child is busy. A :class:`~offloop.runtime.limiter.Limiter`
+  of ``workers + max_queued`` slots bounds the jobs admitted; when it is full, a job is
+  refused at once. A job gives its slot back exactly once: when its child replies or dies, or
+  when it leaves the queue unrun (its caller gave up, or the pool closed).
+- A job function that raises fails its job with :class:`JobFailed`, carrying the exception's
+  type name, message and formatted traceback as text (not every exception pickles); the
+  child lives on.
 
 Children ignore ``SIGINT`` (a terminal's Ctrl-C reaches the whole process group; shutdown is
 the parent's decision), run at a lower CPU priority (``nice``), and exit when their socket
@@ -41,7 +47,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from offloop.errors import ClosedError, DeadlineExceeded, OffloopError, Overloaded
-from offloop.runtime.base import JobFactory, PoolStats, WorkerCrashed, check_pool_bounds
+from offloop.runtime.base import (
+    JobFactory,
+    JobFailed,
+    PoolStats,
+    WorkerCrashed,
+    check_pool_bounds,
+)
+from offloop.runtime.limiter import Limiter
 
 __all__ = ["ProcessPool", "WorkerStartError"]
 
@@ -135,8 +148,9 @@ def _child_main(sock: socket.socket, factory: JobFactory, nice: int, owner: int)
         job_id, payload = pickle.loads(body)
         try:
             reply = (job_id, True, fn(payload))
-        except Exception as exc:  # the job function should catch; report what escaped
-            reply = (job_id, False, f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # the job function should catch; report what escaped
+            failed = JobFailed.from_exception(exc)
+            reply = (job_id, False, (failed.type_name, failed.message, failed.traceback_text))
         _send_msg(sock, reply)
 
 
@@ -149,6 +163,7 @@ class _Job:
     future: asyncio.Future[Any]
     id: int
     child: _Child | None = None
+    holds_slot: bool = True  # until ProcessPool._finish gives the admission slot back
 
 
 @dataclass(eq=False)
@@ -196,6 +211,7 @@ class ProcessPool:
         if start_method == "forkserver" and preload:
             self._ctx.set_forkserver_preload(list(preload))
         self._start_timeout = start_timeout
+        self._admission = Limiter(workers + self._max_queued, name="process pool jobs")
         self._children: set[_Child] = set()
         self._idle: collections.deque[_Child] = collections.deque()
         self._queue: collections.deque[_Job] = collections.deque()
@@ -290,11 +306,13 @@ class ProcessPool:
     def _on_reply(self, child: _Child, job_id: int, ok: bool, result: Any) -> None:
         job = child.job
         child.job = None
-        if job is not None and job.id == job_id and not job.future.done():
-            if ok:
-                job.future.set_result(result)
-            else:
-                job.future.set_exception(WorkerCrashed(f"job raised in worker: {result}"))
+        if job is not None:
+            self._finish(job)
+            if job.id == job_id and not job.future.done():
+                if ok:
+                    job.future.set_result(result)
+                else:
+                    job.future.set_exception(JobFailed(*result))
         self._make_idle(child)
 
     async def _on_child_exit(self, child: _Child) -> None:
@@ -307,6 +325,8 @@ class ProcessPool:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
         job = child.job
         child.job = None
+        if job is not None:
+            self._finish(job)
         if child.killed_for:
             log.warning("worker process %d killed: %s", child.pid, child.killed_for)
         elif not self._closed:
@@ -341,6 +361,12 @@ class ProcessPool:
 
     # -- scheduling ------------------------------------------------------------------------
 
+    def _finish(self, job: _Job) -> None:
+        """Give ``job``'s admission slot back: it ran, or left the queue unrun."""
+        if job.holds_slot:
+            job.holds_slot = False
+            self._admission.release()
+
     def _make_idle(self, child: _Child) -> None:
         if child.killed_for or child not in self._children:
             return
@@ -349,6 +375,7 @@ class ProcessPool:
             if not job.future.done():
                 self._assign(child, job)
                 return
+            self._finish(job)  # not expected: a given-up job leaves the queue at once
         self._idle.append(child)
 
     def _assign(self, child: _Child, job: _Job) -> None:
@@ -365,28 +392,36 @@ class ProcessPool:
     async def run(self, payload: Any, *, timeout: float) -> Any:
         if self._closed:
             raise ClosedError("process pool is closed")
+        if not self._admission.try_acquire():
+            raise Overloaded(
+                f"{self._workers} worker processes busy and "
+                f"{self._max_queued} calls queued"
+            )
         loop = asyncio.get_running_loop()
         self._next_id += 1
         job = _Job(payload=payload, future=loop.create_future(), id=self._next_id)
         if self._idle:
             self._assign(self._idle.popleft(), job)
-        elif len(self._queue) < self._max_queued:
-            self._queue.append(job)
         else:
-            raise Overloaded(
-                f"overloaded: {self._workers} worker processes busy and "
-                f"{self._max_queued} calls queued"
-            )
+            self._queue.append(job)
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except TimeoutError:
-            job.future.cancel()
+            self._give_up(job)
             if job.child is not None and job.child.job is job:
                 self._kill(job.child, f"call exceeded its deadline of {timeout:.3g} s")
             raise DeadlineExceeded(f"call did not finish within {timeout:.3g} s") from None
         except asyncio.CancelledError:
-            job.future.cancel()  # a queued job is skipped; a running one finishes unseen
+            self._give_up(job)  # a queued job leaves the queue; a running one finishes unseen
             raise
+
+    def _give_up(self, job: _Job) -> None:
+        """The caller stopped waiting: drop ``job`` if it is still queued."""
+        job.future.cancel()
+        if job.child is None:
+            with contextlib.suppress(ValueError):  # close() may have taken it already
+                self._queue.remove(job)  # short: the limiter bounds it
+                self._finish(job)
 
     def stats(self) -> PoolStats:
         busy = sum(1 for c in self._children if c.job is not None)
@@ -394,8 +429,9 @@ class ProcessPool:
             workers=self._workers,
             alive=len(self._children),
             busy=busy,
-            queued=sum(1 for j in self._queue if not j.future.done()),
+            queued=len(self._queue),
             restarts=self._restarts,
+            admission=self._admission.stats(),
         )
 
     async def close(self, grace: float = 0.0) -> None:
@@ -406,6 +442,7 @@ class ProcessPool:
         self._closed = True
         while self._queue:
             job = self._queue.popleft()
+            self._finish(job)
             if not job.future.done():
                 job.future.set_exception(ClosedError("process pool closed before the call ran"))
         loop = asyncio.get_running_loop()

@@ -1,18 +1,107 @@
-"""WorkerConfig: everything a worker server needs, validated once."""
+"""WorkerConfig: everything a worker server needs, as nested frozen dataclasses.
+
+The parts: where it listens (:class:`~offloop.listen.ListenConfig`), its pool
+(:class:`PoolConfig`), its limits (:class:`WorkerLimits`) and its admin port
+(:class:`AdminConfig`). Values that depend on others (the pool size when ``workers`` is 0, the
+queue bound when ``max_queued`` is unset) are computed when read, never stored, so
+``dataclasses.replace(config, pool=replace(config.pool, workers=8))`` gets a queue bound for 8.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from offloop.codec.framing import DEFAULT_MAX_FRAME_SIZE
 from offloop.codec.message import ProtocolName
+from offloop.listen import ListenConfig
 from offloop.runtime.base import check_pool_bounds
 
-__all__ = ["PoolKind", "WorkerConfig"]
+__all__ = ["AdminConfig", "PoolConfig", "PoolKind", "WorkerConfig", "WorkerLimits"]
 
 PoolKind = Literal["process", "thread"]
+
+#: The worker's default Thrift port, Thrift's customary one.
+WORKER_PORT = 9090
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The pool that runs the handler.
+
+    Attributes:
+        kind: ``process`` for pure-Python CPU work, ``thread`` for work that releases the
+            GIL (numpy, torch, I/O).
+        workers: pool size; 0 for one per core.
+        nice: niceness added to pool processes and threads (0 to 19).
+        batching: whether calls of ``@batched`` handler methods are merged into batches;
+            when off, each call is a batch of one.
+    """
+
+    kind: PoolKind = field(default="process", metadata={"flag": "pool"})
+    workers: int = 0
+    nice: int = 10
+    batching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("process", "thread"):
+            raise ValueError(f"pool must be 'process' or 'thread', not {self.kind!r}")
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0 (0: one per core)")
+        if not 0 <= self.nice <= 19:
+            raise ValueError("nice must be between 0 and 19")
+
+    @property
+    def size(self) -> int:
+        """Workers in the pool: ``workers``, or the number of cores when it is 0."""
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """What bounds a worker's resources.
+
+    Attributes:
+        max_frame_size: largest frame accepted, in bytes; a larger one closes the connection.
+        max_queued: calls that may wait for a pool worker beyond those running; unset for
+            four per worker. A call that finds the queue full is answered at once with
+            ``overloaded``.
+        call_timeout: seconds a call may run; a process-pool call past it is killed.
+        max_connections: connections served at once; more are closed on accept.
+    """
+
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_queued: int | None = None
+    call_timeout: float = 30.0
+    max_connections: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_frame_size <= 1 << 30:
+            raise ValueError("max_frame_size must be between 1 byte and 1 GiB")
+        if self.max_queued is not None and self.max_queued < 0:
+            raise ValueError("max_queued must be >= 0")
+        if not self.call_timeout > 0:
+            raise ValueError("call_timeout must be positive")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin HTTP port (``/healthz``, ``/metrics``).
+
+    Attributes:
+        host: address of the admin port.
+        port: its TCP port; unset for no admin port, 0 for a free one.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ValueError("admin port must be between 0 and 65535")
 
 
 @dataclass(frozen=True)
@@ -22,64 +111,41 @@ class WorkerConfig:
     Attributes:
         idl: path of the ``.thrift`` file.
         service: the service of the IDL the handler implements.
-        handler: ``package.module:Name``; a class is instantiated once per worker process
-            (process pool) or once (thread pool).
-        pool: ``process`` for pure-Python CPU work, ``thread`` for work that releases the GIL.
-        workers: pool size; default the number of cores.
-        host: address to listen on.
-        port: Thrift port (0 picks a free one).
+        handler: ``package.module:Name`` of the handler; a class is instantiated with no
+            arguments once per pool process (process pool) or once (thread pool). A handler
+            object can be given to :class:`~offloop.worker.server.WorkerServer` instead.
         protocol: ``binary`` (default) or ``compact``, over framed transport.
-        max_frame_size: largest frame accepted, in bytes; a larger one closes the connection.
-        max_queued: calls that may wait for a worker; default four per worker. A call that
-            finds the queue full is answered at once with ``overloaded``.
-        call_timeout: seconds a call may run; a process-pool call past it is killed.
         grace: seconds in-flight calls get to finish on shutdown.
-        nice: niceness added to pool processes and threads.
-        admin_host: address of the admin HTTP port.
-        admin_port: HTTP port for ``/healthz`` and ``/metrics``; None for none.
-        max_connections: connections served at once; more are closed on accept.
-        batching: whether calls of ``@batched`` handler methods are merged into batches;
-            when off, each call is a batch of one.
+        listen: where the Thrift port listens.
+        pool: the pool that runs the handler.
+        limits: what bounds the worker's resources.
+        admin: the admin HTTP port.
     """
 
     idl: str
     service: str
-    handler: str
-    pool: PoolKind = "process"
-    workers: int = 0
-    host: str = "127.0.0.1"
-    port: int = 9090
+    handler: str = ""
     protocol: ProtocolName = "binary"
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    max_queued: int = -1
-    call_timeout: float = 30.0
     grace: float = 10.0
-    nice: int = 10
-    admin_host: str = "127.0.0.1"
-    admin_port: int | None = None
-    max_connections: int = 10_000
-    batching: bool = True
+    listen: ListenConfig = field(
+        default_factory=lambda: ListenConfig(port=WORKER_PORT, backlog=1024)
+    )
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    limits: WorkerLimits = field(default_factory=WorkerLimits)
+    admin: AdminConfig = field(default_factory=AdminConfig, metadata={"prefix": "admin-"})
 
     def __post_init__(self) -> None:
-        if self.workers == 0:
-            object.__setattr__(self, "workers", os.cpu_count() or 1)
-        if self.pool not in ("process", "thread"):
-            raise ValueError(f"pool must be 'process' or 'thread', not {self.pool!r}")
         if self.protocol not in ("binary", "compact"):
             raise ValueError(f"protocol must be 'binary' or 'compact', not {self.protocol!r}")
-        max_queued = None if self.max_queued == -1 else self.max_queued
-        object.__setattr__(self, "max_queued", check_pool_bounds(self.workers, max_queued))
-        if not 0 < self.max_frame_size <= 1 << 30:
-            raise ValueError("max_frame_size must be between 1 byte and 1 GiB")
-        if self.call_timeout <= 0:
-            raise ValueError("call_timeout must be positive")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
-        if not 0 <= self.nice <= 19:
-            raise ValueError("nice must be between 0 and 19")
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be between 0 and 65535")
-        if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
-            raise ValueError("admin_port must be between 0 and 65535")
-        if self.max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+
+    @property
+    def workers(self) -> int:
+        """The pool's size (see :attr:`PoolConfig.size`)."""
+        return self.pool.size
+
+    @property
+    def max_queued(self) -> int:
+        """The queue bound: ``limits.max_queued``, or four per worker when unset."""
+        return check_pool_bounds(self.workers, self.limits.max_queued)

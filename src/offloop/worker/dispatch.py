@@ -7,9 +7,10 @@ Errors, as the issue asks and unlike thriftpy2's own servers, never cost the con
 
 - a declared Thrift exception goes back in the result struct, as the IDL says;
 - a ``TApplicationException`` raised by the handler goes back as is;
-- any other exception goes back as ``TApplicationException(INTERNAL_ERROR)`` naming the
-  exception's type and message, and is logged with its traceback;
-- arguments that do not decode go back as ``PROTOCOL_ERROR``.
+- any other exception goes back as the fault :attr:`~offloop.codec.faults.FaultKind.INTERNAL`
+  naming the exception's type and message, and is logged with its traceback;
+- arguments that do not decode go back as :attr:`~offloop.codec.faults.FaultKind.BAD_REQUEST`,
+  an unknown method as :attr:`~offloop.codec.faults.FaultKind.UNKNOWN_METHOD`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from thriftpy2.thrift import TApplicationException
 
 from offloop.batching import batch_options
+from offloop.codec.faults import FaultKind
 from offloop.codec.message import Header, MessageCodec, ProtocolName
 from offloop.errors import RemoteProtocolError
 from offloop.idl import MethodInfo, ServiceInfo, load_idl, service_info
@@ -44,15 +46,24 @@ def load_handler(spec: str) -> Any:
     Raises:
         ImportError: the module or attribute does not exist.
     """
+    obj = _import_handler(spec)
+    return obj() if isinstance(obj, type) else obj
+
+
+def _import_handler(spec: str) -> Any:
+    """The object ``module:attr`` names, not instantiated.
+
+    Raises:
+        ImportError: the spec is malformed, or the module or attribute does not exist.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ImportError(f"handler must look like 'package.module:Name', got {spec!r}")
     module = importlib.import_module(module_name)
     try:
-        obj = getattr(module, attr)
+        return getattr(module, attr)
     except AttributeError:
         raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
-    return obj() if isinstance(obj, type) else obj
 
 
 class Dispatcher:
@@ -87,18 +98,18 @@ class Dispatcher:
         header = self._codec.read_header(frame)
         method = self._service.methods.get(header.name)
         if method is None:
-            return "bad_request", self._codec.application_error(
+            return "bad_request", self._codec.fault(
                 header.name,
                 header.seqid,
-                TApplicationException.UNKNOWN_METHOD,
-                f"unknown method {header.name!r} of service {self._service.name}",
+                FaultKind.UNKNOWN_METHOD,
+                f"{header.name!r} is not a method of service {self._service.name}",
             )
         try:
             _, args = self._codec.decode_args(frame, method)
         except RemoteProtocolError as exc:
             log.warning("bad arguments for %s: %s", header.name, exc)
-            return "bad_request", self._codec.application_error(
-                header.name, header.seqid, TApplicationException.PROTOCOL_ERROR, str(exc)
+            return "bad_request", self._codec.fault(
+                header.name, header.seqid, FaultKind.BAD_REQUEST, str(exc)
             )
         return header, method, args
 
@@ -166,10 +177,10 @@ class Dispatcher:
             return "ok", self._codec.encode_reply(method.name, header.seqid, result)
         except Exception as exc:
             log.error("%s returned a value that does not match the IDL: %r", method.name, exc)
-            return "error", self._codec.application_error(
+            return "error", self._codec.fault(
                 method.name,
                 header.seqid,
-                TApplicationException.INTERNAL_ERROR,
+                FaultKind.INTERNAL,
                 f"handler returned a value that does not match the IDL for {method.name}: "
                 f"{type(exc).__name__}: {exc}",
             )
@@ -192,21 +203,18 @@ class Dispatcher:
                         type(exc).__name__,
                         encode_exc,
                     )
-                    return "error", self._codec.application_error(
+                    return "error", self._codec.fault(
                         method.name,
                         header.seqid,
-                        TApplicationException.INTERNAL_ERROR,
+                        FaultKind.INTERNAL,
                         f"handler raised a {type(exc).__name__} that does not match the IDL "
                         f"for {method.name}: {type(encode_exc).__name__}: {encode_exc}",
                     )
         log.error("%s raised %s: %s", method.name, type(exc).__name__, exc, exc_info=exc)
         if method.oneway:
             return "error", None
-        return "error", self._codec.application_error(
-            method.name,
-            header.seqid,
-            TApplicationException.INTERNAL_ERROR,
-            f"{type(exc).__name__}: {exc}",
+        return "error", self._codec.fault(
+            method.name, header.seqid, FaultKind.INTERNAL, f"{type(exc).__name__}: {exc}"
         )
 
 
@@ -215,18 +223,24 @@ class DispatcherFactory:
     """Builds a :class:`Dispatcher` inside a worker: loads the IDL and the handler there.
 
     Picklable, so that each child process of a process pool imports the handler once.
+
+    Attributes:
+        idl_path: the ``.thrift`` file.
+        service: the service the handler implements.
+        handler: ``package.module:Name`` (imported, and a class instantiated, in the
+            worker), or the handler object itself (pickled to each child of a process pool).
     """
 
     idl_path: str
     service: str
-    handler: str
+    handler: str | Any
     protocol: ProtocolName = "binary"
     pool: str = "thread"
     workers: int = 1
 
     def __call__(self) -> Dispatcher:
         info = service_info(load_idl(self.idl_path), self.service)
-        handler = load_handler(self.handler)
+        handler = load_handler(self.handler) if isinstance(self.handler, str) else self.handler
         # Optional hook: a handler that sizes its own thread use (torch, BLAS) by the pool.
         setup = getattr(handler, "setup_pool", None)
         if callable(setup):
@@ -235,6 +249,6 @@ class DispatcherFactory:
 
     def batch_methods(self) -> dict[str, tuple[int, float]]:
         """Batched methods of the handler class: name -> (max_batch, max_wait seconds)."""
-        module_name, _, attr = self.handler.partition(":")
-        obj = getattr(importlib.import_module(module_name), attr)
-        return batch_options(obj)
+        if not isinstance(self.handler, str):
+            return batch_options(self.handler)
+        return batch_options(_import_handler(self.handler))

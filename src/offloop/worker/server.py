@@ -26,13 +26,12 @@ import logging
 import time
 from typing import Any, cast
 
-from thriftpy2.thrift import TApplicationException
-
+from offloop.codec.faults import FaultKind
 from offloop.codec.framing import FrameDecoder, FrameError, encode_frame
 from offloop.codec.message import CALL, ONEWAY, Header, MessageCodec
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded, RemoteProtocolError
 from offloop.idl import ServiceInfo, load_idl, service_info
-from offloop.runtime.base import Pool, WorkerCrashed
+from offloop.runtime.base import JobFailed, Pool, WorkerCrashed
 from offloop.runtime.processpool import ProcessPool
 from offloop.runtime.threadpool import ThreadPool
 from offloop.worker.admin import AdminServer
@@ -45,21 +44,22 @@ __all__ = ["WorkerServer", "build_pool"]
 
 log = logging.getLogger("offloop.worker")
 
-_INTERNAL = TApplicationException.INTERNAL_ERROR
-
 
 def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
     """The pool that ``config`` asks for, running ``factory``'s dispatcher."""
-    if config.pool == "thread":
+    if config.pool.kind == "thread":
         return ThreadPool(
-            factory, workers=config.workers, max_queued=config.max_queued, nice=config.nice
+            factory, workers=config.workers, max_queued=config.max_queued, nice=config.pool.nice
         )
+    preload = ["offloop.worker.dispatch"]
+    if isinstance(factory.handler, str):
+        preload.append(factory.handler.partition(":")[0])
     return ProcessPool(
         factory,
         workers=config.workers,
         max_queued=config.max_queued,
-        nice=config.nice,
-        preload=["offloop.worker.dispatch", config.handler.partition(":")[0]],
+        nice=config.pool.nice,
+        preload=preload,
     )
 
 
@@ -68,7 +68,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: WorkerServer) -> None:
         self._server = server
-        self._decoder = FrameDecoder(server.config.max_frame_size)
+        self._decoder = FrameDecoder(server.config.limits.max_frame_size)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.in_flight = 0
@@ -128,18 +128,27 @@ class WorkerServer:
 
     Args:
         config: the worker's configuration.
+        handler: the handler object, instead of importing ``config.handler``: any object
+            with one method per IDL method (for a process pool it must pickle).
         pool: a pool to use instead of the one ``config`` describes (tests, embedding).
+
+    Raises:
+        ValueError: neither ``handler`` nor ``config.handler`` names a handler.
     """
 
-    def __init__(self, config: WorkerConfig, *, pool: Pool | None = None) -> None:
+    def __init__(
+        self, config: WorkerConfig, *, handler: object | None = None, pool: Pool | None = None
+    ) -> None:
+        if handler is None and not config.handler:
+            raise ValueError("a worker needs a handler: set handler (module:Name) or pass one")
         self.config = config
         self.service: ServiceInfo = service_info(load_idl(config.idl), config.service)
         self._factory = DispatcherFactory(
             config.idl,
             config.service,
-            config.handler,
+            config.handler if handler is None else handler,
             config.protocol,
-            config.pool,
+            config.pool.kind,
             config.workers,
         )
         self.pool: Pool = pool if pool is not None else build_pool(config, self._factory)
@@ -151,12 +160,21 @@ class WorkerServer:
         self._server: asyncio.Server | None = None
         self._admin: AdminServer | None = None
         self._draining = False
-        self.port = config.port
+        self.port = config.listen.port
         self.admin_port: int | None = None
 
-    async def start(self) -> None:
-        """Start the pool, then listen. Raises if the handler cannot start."""
-        batched = self._factory.batch_methods() if self.config.batching else {}
+    async def start(self, *, listen: bool = True) -> None:
+        """Start the pool, then listen.
+
+        Args:
+            listen: whether to bind the Thrift and admin ports; without them, connections
+                come only through :meth:`connection` (an in-memory transport, in tests).
+
+        Raises:
+            OffloopError, ImportError: the handler cannot start.
+            OSError: a port cannot be bound.
+        """
+        batched = self._factory.batch_methods() if self.config.pool.batching else {}
         for name, (max_batch, max_wait) in batched.items():
             if name in self.service.methods:
                 self._batchers[name] = Batcher(
@@ -165,25 +183,33 @@ class WorkerServer:
                     max_wait=max_wait,
                 )
         await self.pool.start()
+        if not listen:
+            log.info("serving %s in memory", self.service.name)
+            return
         loop = asyncio.get_running_loop()
+        where = self.config.listen
         self._server = await loop.create_server(
-            lambda: _Connection(self), self.config.host, self.config.port, backlog=1024
+            lambda: _Connection(self), where.host, where.port, backlog=where.backlog
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        if self.config.admin_port is not None:
+        admin = self.config.admin
+        if admin.port is not None:
             self._admin = AdminServer(self.metrics.registry, self._healthy)
-            self.admin_port = await self._admin.start(
-                self.config.admin_host, self.config.admin_port
-            )
+            self.admin_port = await self._admin.start(admin.host, admin.port)
         log.info(
             "serving %s on %s:%d (%s pool, %d workers, %s protocol)",
             self.service.name,
-            self.config.host,
+            where.host,
             self.port,
-            self.config.pool,
+            self.config.pool.kind,
             self.config.workers,
             self.config.protocol,
         )
+
+    def connection(self) -> asyncio.Protocol:
+        """A new server-side connection protocol, for a transport made elsewhere (the
+        in-memory pair of :mod:`offloop.testing`); listening sockets make their own."""
+        return _Connection(self)
 
     def _healthy(self) -> bool:
         return not self._draining and self.pool.stats().alive > 0
@@ -218,7 +244,7 @@ class WorkerServer:
     # -- connections ---------------------------------------------------------------------
 
     def _connection_made(self, conn: _Connection) -> None:
-        if len(self._connections) >= self.config.max_connections:
+        if len(self._connections) >= self.config.limits.max_connections:
             log.warning(
                 "refusing connection from %s: %d connections open (max_connections)",
                 conn.peer,
@@ -262,19 +288,19 @@ class WorkerServer:
             log.warning("unknown method %r called by %s", header.name, conn.peer)
             self.metrics.observe("<unknown>", "bad_request", time.perf_counter() - started)
             conn.send(
-                self._codec.application_error(
+                self._codec.fault(
                     header.name,
                     header.seqid,
-                    TApplicationException.UNKNOWN_METHOD,
-                    f"unknown method {header.name!r} of service {self.service.name}",
+                    FaultKind.UNKNOWN_METHOD,
+                    f"{header.name!r} is not a method of service {self.service.name}",
                 )
             )
             return
         if self._draining:
             self.metrics.observe(header.name, "overloaded", time.perf_counter() - started)
             conn.send(
-                self._codec.application_error(
-                    header.name, header.seqid, _INTERNAL, "overloaded: server is shutting down"
+                self._codec.fault(
+                    header.name, header.seqid, FaultKind.SHUTTING_DOWN, "the worker is draining"
                 )
             )
             return
@@ -298,30 +324,28 @@ class WorkerServer:
 
     async def _run_batch(self, method: str, frames: list[bytes]) -> list[Any]:
         self.metrics.batch_size.labels(method).observe(len(frames))
-        return list(await self.pool.run(frames, timeout=self.config.call_timeout))
+        return list(await self.pool.run(frames, timeout=self.config.limits.call_timeout))
 
     async def _dispatch(self, header: Header, frame: bytes) -> Reply:
-        def error(outcome: str, message: str) -> Reply:
-            return outcome, self._codec.application_error(
-                header.name, header.seqid, _INTERNAL, message
-            )
+        def fault(outcome: str, kind: FaultKind, detail: str) -> Reply:
+            return outcome, self._codec.fault(header.name, header.seqid, kind, detail)
 
         try:
             batcher = self._batchers.get(header.name)
             if batcher is not None:
                 reply: Reply = await batcher.submit(frame)
                 return reply
-            (reply,) = await self.pool.run([frame], timeout=self.config.call_timeout)
+            (reply,) = await self.pool.run([frame], timeout=self.config.limits.call_timeout)
             return reply
         except Overloaded as exc:
-            return error("overloaded", str(exc))
+            return fault("overloaded", FaultKind.OVERLOADED, str(exc))
         except DeadlineExceeded as exc:
             log.warning("%s: %s", header.name, exc)
-            return error("timeout", f"deadline exceeded: {exc}")
+            return fault("timeout", FaultKind.DEADLINE_EXCEEDED, str(exc))
         except WorkerCrashed as exc:
-            return error("crashed", str(exc))
+            return fault("crashed", FaultKind.CRASHED, str(exc))
         except ClosedError as exc:
-            return error("overloaded", f"overloaded: {exc}")
-        except Exception as exc:  # the job function broke its contract: still answer the call
-            log.error("%s failed in the pool: %s", header.name, exc, exc_info=exc)
-            return error("error", f"internal error: {type(exc).__name__}: {exc}")
+            return fault("overloaded", FaultKind.SHUTTING_DOWN, str(exc))
+        except JobFailed as exc:  # the dispatcher itself failed: a bug, still answer the call
+            log.error("%s failed in the pool: %s\n%s", header.name, exc, exc.traceback_text)
+            return fault("error", FaultKind.INTERNAL, str(exc))

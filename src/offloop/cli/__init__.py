@@ -1,0 +1,258 @@
+"""The ``offloop`` command: flags, environment and a config file become config objects.
+
+:func:`parse` turns a command line, ``OFFLOOP_*`` environment variables and a TOML file
+(``--config``) into an :class:`Invocation` holding frozen config objects (see
+:mod:`offloop.cli.settings` for the rules, ``docs/configuration.md`` for every setting);
+:func:`main` hands them to :mod:`offloop.app` (or :mod:`offloop.demo.up`), which builds and
+serves. Nothing is wired here.
+
+Exit statuses: 0 after a clean stop; 2 for a configuration error (a usage line, then one line
+naming the source and key of the bad value); 1 when start-up failed (one log line says why: a
+port in use, a handler that does not import, an IDL that does not load); 130 on Ctrl-C outside
+the serving loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from offloop import __version__
+from offloop.app import build_gateway, run, serve_gateway, serve_worker
+from offloop.cli.commands import COMMANDS, UP, reference
+from offloop.cli.settings import ENV_PREFIX, SettingsError, Sources, load_file
+from offloop.demo.up import DemoConfig, demo_gateway, demo_worker, run_demo
+from offloop.errors import OffloopError
+from offloop.gateway.config import GatewayConfig
+from offloop.worker.config import WorkerConfig
+
+__all__ = ["LOG_FORMAT", "Invocation", "build_parser", "main", "parse"]
+
+log = logging.getLogger("offloop")
+
+#: How the command logs: time, level, logger and process, as a worker's children log too.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_LOG_LEVEL = "INFO"
+
+#: The environment variables of the options every command takes.
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+LOG_LEVEL_ENV = ENV_PREFIX + "LOG_LEVEL"
+
+#: The keys a config file may have at its top level besides the commands' tables.
+TOP_KEYS = ("log_level",)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a command line asks for, as config objects.
+
+    Attributes:
+        command: ``worker``, ``gateway``, ``up`` or ``config-reference``.
+        log_level: the logging level's name (``INFO``).
+        worker: the worker's config (``worker``; ``up``: the demo worker's).
+        gateway: the gateway's config (``gateway``; ``up``: the demo gateway's).
+    """
+
+    command: str
+    log_level: str = DEFAULT_LOG_LEVEL
+    worker: WorkerConfig | None = None
+    gateway: GatewayConfig | None = None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors as ``usage: ...`` and one ``offloop worker: message`` line, status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--log-level``, accepted before and after the command."""
+    group = parser.add_argument_group("every command")
+    group.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help=f"TOML file of settings, one table per command ([worker], [gateway], [up]); "
+        f"environment {CONFIG_ENV}",
+    )
+    group.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (default: {DEFAULT_LOG_LEVEL}); environment "
+        f"{LOG_LEVEL_ENV}, or log_level at the top of the config file",
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``offloop`` parser and its commands' parsers, by name.
+
+    No flag has an argparse default: a flag not given is absent from the namespace, so that
+    the environment and the file can fill it.
+    """
+    parser = _Parser(
+        prog="offloop",
+        description="HTTP/JSON gateway and Thrift worker pools that keep event loops free.",
+        epilog="Every setting is a flag, an OFFLOOP_* environment variable and a key of the "
+        "--config file; flags win over the environment, which wins over the file. "
+        "Exit status: 0 after a clean stop, 1 if start-up failed, 2 for a configuration "
+        "error, 130 on Ctrl-C.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for name, (schema, summary) in COMMANDS.items():
+        example = next(s for s in schema.settings if s.flag == "port")
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            usage=schema.usage(),
+            epilog=f"Every flag is also an environment variable, OFFLOOP_ and its name in "
+            f"upper snake case ({example.option}: {example.env}; a repeated flag's values "
+            f"comma-separated), and a key of the [{name}] table of the --config file, "
+            f"sections as sub-tables ([{name}.listen] port = 8000). Flags win over the "
+            f"environment, which wins over the file. See docs/configuration.md.",
+        )
+        _add_common(command)
+        schema.add_arguments(command)
+        commands[name] = command
+    sub.add_parser(
+        "config-reference",
+        help="print the reference of every setting (Markdown)",
+        description="Print the tables of docs/configuration.md: every setting of every "
+        "command, with its flag, environment variable, TOML key and default.",
+    )
+    return parser, commands
+
+
+def parse(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Invocation:
+    """Read a command line, the environment and the config file into config objects.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        environ: the environment (default: ``os.environ``).
+
+    Raises:
+        SystemExit: status 2 after a usage line and one line saying what is wrong; status 0
+            after ``--help`` or ``--version``.
+    """
+    parser, commands = build_parser()
+    return _parse(parser, commands, argv, os.environ if environ is None else environ)
+
+
+def _parse(
+    parser: argparse.ArgumentParser,
+    commands: Mapping[str, argparse.ArgumentParser],
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str],
+) -> Invocation:
+    namespace, unknown = parser.parse_known_args(argv)
+    flags: dict[str, Any] = vars(namespace)
+    name = flags.pop("command")
+    if unknown:  # said by the command's parser, with its usage
+        commands.get(name, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if name not in commands:
+        return Invocation(name)
+    try:
+        level_flag = flags.pop("log_level", None)
+        sources = _sources(flags, environ)
+        level = _log_level(level_flag, sources)
+        schema = COMMANDS[name][0]
+        values = schema.values(sources)
+        if name == "worker":
+            return Invocation(name, level, worker=schema.build(WorkerConfig, values))
+        if name == "gateway":
+            return Invocation(name, level, gateway=schema.build(GatewayConfig, values))
+        demo = UP.build(DemoConfig, values)
+        gateway = UP.build(GatewayConfig, values, lambda **kw: demo_gateway(demo, **kw))
+        return Invocation(
+            name, level, worker=demo_worker(demo, grace=gateway.grace), gateway=gateway
+        )
+    except SettingsError as exc:
+        commands[name].error(str(exc))
+
+
+def _sources(flags: dict[str, Any], environ: Mapping[str, str]) -> Sources:
+    """The flags, the environment, and the config file that one of them names."""
+    path = flags.pop("config", None)
+    label = "--config"
+    if path is None and environ.get(CONFIG_ENV):
+        path, label = environ[CONFIG_ENV], f"environment {CONFIG_ENV}"
+    if not path:
+        return Sources(flags, environ)
+    try:
+        file = load_file(path)
+    except SettingsError as exc:
+        raise SettingsError(f"{label}: {exc}") from None
+    known = (*COMMANDS, *TOP_KEYS)
+    for key in file:
+        if key not in known:
+            raise SettingsError(f"{path} {key}: unknown key (known: {', '.join(known)})")
+    return Sources(flags, environ, file, path)
+
+
+def _log_level(flag: str | None, sources: Sources) -> str:
+    """The log level: flag, environment, file, default; each given value checked."""
+    given: list[tuple[str, object]] = []
+    if flag is not None:
+        given.append(("--log-level", flag))
+    if sources.environ.get(LOG_LEVEL_ENV):
+        given.append((f"environment {LOG_LEVEL_ENV}", sources.environ[LOG_LEVEL_ENV]))
+    if "log_level" in sources.file:
+        given.append((f"{sources.file_name} log_level", sources.file["log_level"]))
+    for label, value in given:
+        if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
+            raise SettingsError(f"{label}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return str(given[0][1]).upper() if given else DEFAULT_LOG_LEVEL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``offloop`` console script; returns the exit status.
+
+    Raises:
+        SystemExit: a configuration error (status 2), ``--help`` or ``--version`` (0).
+    """
+    parser, commands = build_parser()
+    invocation = _parse(parser, commands, argv, os.environ)
+    if invocation.command == "config-reference":
+        sys.stdout.write(reference())
+        return 0
+    logging.basicConfig(level=invocation.log_level, format=LOG_FORMAT)
+    try:
+        return _run(invocation, commands[invocation.command])
+    except KeyboardInterrupt:  # Ctrl-C outside the serving loop (start-up, clean-up)
+        return 130
+
+
+def _run(invocation: Invocation, parser: argparse.ArgumentParser) -> int:
+    try:
+        if invocation.command == "worker":
+            assert invocation.worker is not None
+            run(serve_worker(invocation.worker))
+        elif invocation.command == "gateway":
+            assert invocation.gateway is not None
+            try:
+                gateway = build_gateway(invocation.gateway)
+            except (ValueError, OffloopError) as exc:  # the IDL or the backends: the user's
+                parser.error(str(exc))
+            run(serve_gateway(gateway))
+        else:
+            assert invocation.gateway is not None and invocation.worker is not None
+            return run_demo(invocation.gateway, invocation.worker)
+    except (OffloopError, ImportError, OSError) as exc:  # start-up failed: say why, once
+        log.error("%s failed to start: %s", invocation.command, exc)
+        return 1
+    return 0

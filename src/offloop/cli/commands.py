@@ -1,0 +1,145 @@
+"""The settings of each command: the config trees it reads, and the fields read by hand.
+
+``worker`` reads a :class:`~offloop.worker.config.WorkerConfig`, ``gateway`` a
+:class:`~offloop.gateway.config.GatewayConfig`, ``up`` a
+:class:`~offloop.demo.up.DemoConfig` and the gateway's settings but those the demo sets
+itself (``idl``, ``backends``, ``services``). Everything else about a setting (flag, variable,
+TOML key, help, default) comes from the dataclasses (:mod:`offloop.cli.settings`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from offloop.cli.kinds import Kind, Pairs, toml_strings
+from offloop.cli.settings import Schema, Special, Tree, markdown_table
+from offloop.demo.up import DemoConfig
+from offloop.gateway.config import GatewayConfig, parse_backend
+from offloop.worker.config import WorkerConfig
+
+__all__ = ["COMMANDS", "GATEWAY", "UP", "WORKER", "Backends", "HandlerSpec", "reference"]
+
+
+class Backends(Kind):
+    """``GatewayConfig.backends``, given as ``[SERVICE=]HOST:PORT`` once per worker address
+    (no service: the address serves every service that has none of its own)."""
+
+    repeatable = True
+
+    def from_items(self, items: Sequence[str]) -> dict[str, tuple[tuple[str, int], ...]]:
+        table: dict[str, list[tuple[str, int]]] = {}
+        for item in items:
+            service, host, port = parse_backend(item)
+            table.setdefault(service or "*", []).append((host, port))
+        return {service: tuple(addresses) for service, addresses in table.items()}
+
+    def from_toml(self, value: object) -> dict[str, tuple[tuple[str, int], ...]]:
+        return self.from_items(toml_strings(value))
+
+
+class HandlerSpec(Kind):
+    """``WorkerConfig.handler``: ``package.module:Name``, its form checked before anything
+    is imported (whether it imports is the worker's start-up)."""
+
+    _FORM = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+    def metavar(self, flag: str) -> str:
+        return "MODULE:NAME"
+
+    def from_text(self, text: str) -> str:
+        if not self._FORM.match(text):
+            raise ValueError(f"expected package.module:Name, got {text!r}")
+        return text
+
+    def from_toml(self, value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected package.module:Name, got {value!r}")
+        return self.from_text(value)
+
+
+#: The gateway's fields whose flags are singular, or whose values are text of a given form.
+GATEWAY_SPECIAL = {
+    "backends": Special(
+        Backends(),
+        flag="backend",
+        metavar="[SERVICE=]HOST:PORT",
+        help="a worker address: ``SERVICE=HOST:PORT`` serves one service, ``HOST:PORT`` every "
+        "service that has no address of its own; give several for several workers.",
+    ),
+    "services": Special(
+        flag="service",
+        metavar="SERVICE",
+        help="a service of the IDL to expose; none given: every service of the IDL.",
+    ),
+    "idempotent": Special(
+        metavar="SERVICE.METHOD",
+        help="a method that may be retried after it was sent (``Service.method``).",
+    ),
+    "exception_status": Special(
+        Pairs("TYPE=STATUS"),
+        help="the HTTP status (4xx or 5xx) of a declared exception type; the others get 422.",
+    ),
+}
+
+#: The gateway's fields that ``offloop up`` sets itself.
+DEMO_FIXED = frozenset({"idl", "backends", "services"})
+
+WORKER = Schema(
+    "worker",
+    Tree(
+        WorkerConfig,
+        require=frozenset({"handler"}),
+        special={"handler": Special(HandlerSpec())},
+    ),
+)
+GATEWAY = Schema("gateway", Tree(GatewayConfig, special=GATEWAY_SPECIAL))
+UP = Schema(
+    "up",
+    Tree(DemoConfig),
+    Tree(
+        GatewayConfig,
+        exclude=DEMO_FIXED,
+        special={k: v for k, v in GATEWAY_SPECIAL.items() if k not in DEMO_FIXED},
+    ),
+)
+
+#: Each command's schema, by name, with its one-line help.
+COMMANDS: dict[str, tuple[Schema, str]] = {
+    "worker": (WORKER, "run a Thrift worker server"),
+    "gateway": (GATEWAY, "run the HTTP/JSON gateway"),
+    "up": (UP, "run the demo: a textlab worker and a gateway in front"),
+}
+
+#: The options every command takes: flag, variable, TOML key, default, meaning.
+COMMON_OPTIONS = (
+    (
+        "`--config PATH`",
+        "`OFFLOOP_CONFIG`",
+        "—",
+        "none",
+        "the TOML file to read settings from",
+    ),
+    (
+        "`--log-level LEVEL`",
+        "`OFFLOOP_LOG_LEVEL`",
+        "`log_level` (top level)",
+        "`INFO`",
+        "`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL` (case does not matter); "
+        "before or after the command",
+    ),
+)
+
+
+def reference() -> str:
+    """The settings reference of ``docs/configuration.md``, in Markdown: the common options,
+    then one table per command (``offloop config-reference`` prints it)."""
+    rows = [
+        "| Flag | Environment | TOML key | Default | Meaning |",
+        "|---|---|---|---|---|",
+        *("| " + " | ".join(row) + " |" for row in COMMON_OPTIONS),
+    ]
+    parts = ["### Every command\n", "\n".join(rows) + "\n"]
+    for name, (schema, _) in COMMANDS.items():
+        parts += [f"### `offloop {name}`\n", markdown_table(schema)]
+    return "\n".join(parts)

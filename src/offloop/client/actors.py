@@ -1,0 +1,587 @@
+"""Actor mode: each call is handed to a Pykka actor that owns a blocking Thrift client.
+
+The gateway keeps accepting HTTP on its event loop; what differs from the event-loop mode
+(:class:`~offloop.client.caller.AsyncCaller`) is only how a call reaches the backend::
+
+    event loop (HTTP, JSON, routing)                  actor threads (one per actor)
+    ────────────────────────────────                  ─────────────────────────────
+    Gateway ─ ActorCaller.call
+                │ call_with_retries: balancer picks a healthy backend
+                │ _ActorGroup.route: an idle actor of it, else the shortest mailbox,
+                │                    else Overloaded (503) at once
+                │ ref.tell(_Call) ─────────────────►  ThriftActor.on_receive
+                │                                        BlockingClient.call
+                │                                        (socket, framing, Cython codec;
+                │                                         timeout = time left)
+                │ await asyncio future  ◄── loop.call_soon_threadsafe(_finished, outcome)
+
+The loop never waits on an actor: no Pykka future exists (``tell``, not ``ask``), and each
+outcome comes back through ``call_soon_threadsafe``. Everything the router reads (the calls
+each actor holds) is changed on the loop thread only. A Pykka inbox is an unbounded queue; the
+router is what bounds it, with a :class:`~offloop.runtime.limiter.Limiter` per actor of one
+running call and ``mailbox`` queued.
+
+Life of a call, on the loop side: *told* (counted in its actor's mailbox) -> *finished* (the
+actor reported, the count drops) or *given up* (deadline, cancellation, close: the caller's
+future is settled, but the count drops only when the actor reports, so an actor stuck in a
+call is not given more). An actor skips a call given up before it started.
+
+Each actor's client is a :class:`~offloop.client.blocking.BlockingClient`, which resets its
+socket after any error that leaves the stream unknown and when a health probe of its backend
+failed, and reconnects lazily.
+
+Supervision: a broken connection is the client's business (it reconnects, see above); an
+actor that dies of an unexpected exception is replaced in the same slot once its thread has
+exited. Its running call fails with :class:`ActorCrashed` (500: our fault, so the backend is
+not marked down), its queued calls with ``NotSentOverloaded`` (503, retried elsewhere if
+another backend is up). Exactly ``actors`` actor threads exist while the caller runs, and
+none after :meth:`ActorCaller.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import pykka
+
+from offloop.client.balancer import Backend, Balancer, HealthConfig
+from offloop.client.blocking import BlockingClient
+from offloop.client.caller import BackendState, all_ready, backend_states, call_with_retries
+from offloop.client.config import ClientConfig
+from offloop.client.errors import NotSentClosedError, NotSentOverloaded
+from offloop.errors import ClosedError, DeadlineExceeded, NoBackendError, OffloopError
+from offloop.idl import MethodInfo
+from offloop.runtime.limiter import Limiter
+
+__all__ = ["THREAD_PREFIX", "ActorCaller", "ActorCrashed", "ThriftActor"]
+
+log = logging.getLogger("offloop.client.actors")
+
+#: Prefix of every actor thread's name (the slot number follows), to find them in dumps.
+THREAD_PREFIX = "offloop-actor-"
+
+#: The loop gives up on a call this long after its deadline, so that the actor's own socket
+#: timeout (which also resets its client) normally answers first.
+_EXPIRY_MARGIN = 0.05
+#: Seconds to wait for actor threads to start, to exit after a crash, or to exit on close.
+#: Bounded by what an actor may be doing: a connect (``connect_timeout``) or a call that
+#: close() interrupts at once.
+_THREAD_WAIT = 5.0
+
+
+class ActorCrashed(OffloopError):
+    """The actor running the call died of an unexpected exception (a bug on our side).
+
+    Not a transport error: the backend is not to blame, so it is not marked down. The
+    actor's queued calls, never sent, fail with ``NotSentOverloaded`` instead (503, may be
+    retried elsewhere).
+    """
+
+    status_hint = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, public_message="internal error: actor failed")
+
+
+# -- messages, and what an actor shares with the loop --------------------------------------
+
+
+class _Call:
+    """One call told to an actor. ``skip`` is set on the loop once nobody waits for it."""
+
+    __slots__ = ("args", "deadline", "future", "method", "skip", "timeout")
+
+    def __init__(
+        self,
+        method: MethodInfo,
+        args: Any,
+        deadline: float,
+        timeout: float,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.method = method
+        self.args = args
+        self.deadline = deadline  # time.monotonic(), which both threads share
+        self.timeout = timeout
+        self.future = future
+        self.skip = False  # a bool: read by the actor's thread without a lock
+
+
+#: Tells an actor to close its socket (its backend failed a health probe).
+_RESET = object()
+
+#: (link, call, ok, value or exception), run on the loop when an actor has finished a call.
+FinishedCallback = Callable[["_ActorLink", _Call, bool, Any], None]
+#: (link, the exception that killed the actor), run on the loop.
+DiedCallback = Callable[["_ActorLink", BaseException | None], None]
+
+
+class _ActorLink:
+    """What one actor incarnation shares with the loop: its client, thread and callbacks."""
+
+    def __init__(
+        self,
+        slot: _Slot,
+        client: BlockingClient,
+        loop: asyncio.AbstractEventLoop,
+        finished: FinishedCallback,
+        died: DiedCallback,
+    ) -> None:
+        self.slot = slot
+        self.name = f"{THREAD_PREFIX}{slot.index}"
+        self.client = client
+        self.loop = loop
+        self.finished = finished
+        self.died = died
+        self.started = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.ref: pykka.ActorRef[ThriftActor] | None = None
+
+    def post(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop (from the actor's thread)."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            log.debug("%s: loop closed, outcome dropped", self.name)
+
+    def join(self, timeout: float) -> bool:
+        """Wait (in a worker thread) until the actor's thread has exited; True if it has."""
+        end = time.monotonic() + timeout
+        self.started.wait(timeout)
+        thread = self.thread
+        if thread is None:
+            return False
+        thread.join(max(0.0, end - time.monotonic()))
+        return not thread.is_alive()
+
+
+class ThriftActor(pykka.ThreadingActor):
+    """A Pykka actor owning one :class:`BlockingClient`; it runs the calls told to it, one at
+    a time, in its own thread, and hands each outcome to the loop.
+
+    Messages: a ``_Call`` (run it, unless the loop gave up on it) or ``_RESET`` (close the
+    socket). Expected outcomes (a value, an :class:`~offloop.errors.OffloopError`, a declared
+    exception) are answered; anything else escapes, Pykka stops the actor, and
+    :meth:`on_failure` tells the loop, which replaces it.
+
+    Args:
+        link: what this actor shares with the loop.
+    """
+
+    def __init__(self, link: _ActorLink) -> None:
+        super().__init__()
+        self._link = link
+
+    def on_start(self) -> None:
+        thread = threading.current_thread()
+        thread.name = self._link.name
+        self._link.thread = thread
+        self._link.started.set()
+
+    def on_receive(self, message: Any) -> Any:
+        link = self._link
+        if message is _RESET:
+            link.client.reset()
+            return None
+        if not isinstance(message, _Call):
+            return super().on_receive(message)
+        call = message
+        if call.skip:  # given up (deadline, cancel, close) before it started
+            link.post(link.finished, link, call, False, None)
+            return None
+        try:
+            value = link.client.call(call.method, call.args, call.deadline, call.timeout)
+        except Exception as exc:
+            declared = tuple(cls for _, cls in call.method.exceptions)
+            if not isinstance(exc, (OffloopError, *declared)):
+                raise  # a bug: let the actor die and be replaced
+            link.post(link.finished, link, call, False, exc)
+        except BaseException as exc:
+            # Pykka answers a BaseException escaping an actor by stopping *every* actor of
+            # the process; make it an ordinary failure of this one actor instead.
+            raise RuntimeError(f"{type(exc).__name__} in {link.name}: {exc}") from exc
+        else:
+            link.post(link.finished, link, call, True, value)
+        return None
+
+    def on_stop(self) -> None:
+        self._link.client.close()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._link.client.close()
+        self._link.post(self._link.died, self._link, exception_value)
+
+
+# -- the loop side -------------------------------------------------------------------------
+
+
+class _Slot:
+    """A place for one actor; the actor in it is replaced when it dies."""
+
+    def __init__(self, index: int, group: _ActorGroup) -> None:
+        self.index = index
+        self.group = group
+        self.link: _ActorLink | None = None
+        self.alive = False
+        # Calls told to the current actor and not yet reported, oldest (running) first;
+        # each holds a slot of ``limiter``.
+        self.calls: deque[_Call] = deque()
+        self.limiter = Limiter(group.mailbox + 1, name=f"calls held by actor {index}")
+
+    def take(self, call: _Call) -> None:
+        """Count ``call`` as held (its limiter slot is already acquired)."""
+        self.calls.append(call)
+
+    def drop(self, call: _Call) -> None:
+        """Forget ``call`` and free its slot, if the slot still holds it."""
+        try:
+            self.calls.remove(call)
+        except ValueError:  # already failed by close or a crash
+            return
+        self.limiter.release()
+
+    def drop_all(self) -> deque[_Call]:
+        """Forget every call held, freeing their slots; returns them oldest first."""
+        calls, self.calls = self.calls, deque()
+        for _ in calls:
+            self.limiter.release()
+        return calls
+
+
+class _ActorGroup:
+    """The actors of one backend: the balancer's :class:`~offloop.client.balancer.Target`.
+
+    Args:
+        host: the backend's host.
+        port: the backend's port.
+        mailbox: calls an actor may hold queued behind the one it runs.
+    """
+
+    def __init__(self, host: str, port: int, mailbox: int) -> None:
+        self.host = host
+        self.port = port
+        self.peer = f"{host}:{port}"
+        self.mailbox = mailbox
+        self.slots: list[_Slot] = []
+        self.closing = False
+
+    @property
+    def in_flight(self) -> int:
+        """Calls held by the group's actors, running or queued."""
+        return sum(slot.limiter.borrowed for slot in self.slots)
+
+    def route(self) -> _Slot:
+        """An idle actor, else the one with the shortest mailbox; its limiter slot is taken
+        (the caller hands it to :meth:`_Slot.take`, or releases it).
+
+        Raises:
+            NotSentOverloaded: every actor holds its running call and ``mailbox`` more, or
+                none is running (being replaced).
+        """
+        best: _Slot | None = None
+        for slot in self.slots:
+            if not slot.alive:
+                continue
+            if not slot.limiter.borrowed:
+                best = slot
+                break
+            if best is None or slot.limiter.borrowed < best.limiter.borrowed:
+                best = slot
+        if best is None:
+            raise NotSentOverloaded(
+                f"no actor of {self.peer} is running", public_message="backend overloaded"
+            )
+        if not best.limiter.try_acquire():
+            raise NotSentOverloaded(
+                f"every actor of {self.peer} holds {best.limiter.borrowed} calls (mailbox "
+                f"{self.mailbox})",
+                public_message="backend overloaded: every actor is busy",
+            )
+        return best
+
+    async def drop_connections(self) -> None:
+        """Drop the group's connections (a health probe failed): each actor closes its
+        socket before its next call. The actors stay."""
+        if self.closing:
+            return
+        for slot in self.slots:
+            if slot.alive and slot.link is not None and slot.link.ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    slot.link.ref.tell(_RESET)
+
+    async def close(self) -> None:
+        """Nothing to close per group: :meth:`ActorCaller.close` stops every actor."""
+        await self.drop_connections()
+
+
+class ActorCaller:
+    """Actor mode: calls run in Pykka actors, each with a blocking client to one backend.
+
+    Implements :class:`~offloop.client.caller.Caller`. ``actors`` actors are spread over every
+    backend of every service in turn (at least one per backend). Each backend is tracked by
+    a :class:`~offloop.client.balancer.Balancer` and calls go through
+    :func:`~offloop.client.caller.call_with_retries`, so health and retries behave as in the
+    event-loop mode. Threads: one per actor, started by :meth:`start` and joined by
+    :meth:`close`; a crashed actor is replaced by a task the caller owns.
+
+    Args:
+        backends: service name -> backend addresses.
+        actors: how many actors (hence threads and connections) in all.
+        mailbox: calls an actor may hold queued behind the one it runs; beyond that on
+            every actor of every healthy backend, a call raises ``Overloaded`` at once.
+        client: connection settings (protocol, frame limit, connect timeout).
+        health: probe timings.
+
+    Raises:
+        ValueError: no backend, or ``actors`` < 1, or ``mailbox`` < 0.
+    """
+
+    def __init__(
+        self,
+        backends: Mapping[str, Sequence[tuple[str, int]]],
+        *,
+        actors: int = 32,
+        mailbox: int = 4,
+        client: ClientConfig | None = None,
+        health: HealthConfig | None = None,
+    ) -> None:
+        if actors < 1:
+            raise ValueError(f"actors must be at least 1, not {actors}")
+        if mailbox < 0:
+            raise ValueError(f"mailbox must be >= 0, not {mailbox}")
+        self._client = client or ClientConfig()
+        self._balancers: dict[str, Balancer] = {}
+        groups: list[_ActorGroup] = []
+        for service, addrs in backends.items():
+            members = []
+            for host, port in addrs:
+                group = _ActorGroup(host, port, mailbox)
+                groups.append(group)
+                members.append(Backend(host, port, group))
+            self._balancers[service] = Balancer(members, health)
+        if not groups:
+            raise ValueError("at least one backend is needed")
+        self._groups = groups
+        self._slots: list[_Slot] = []
+        for i in range(max(actors, len(groups))):
+            slot = _Slot(i, groups[i % len(groups)])
+            slot.group.slots.append(slot)
+            self._slots.append(slot)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the actors (waiting, off the loop, for their threads) and health probing."""
+        if self._loop is not None or self._closed:
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        links = [self._spawn(slot) for slot in self._slots]
+        await loop.run_in_executor(None, _wait_started, links)
+        for balancer in self._balancers.values():
+            balancer.start()
+
+    def _spawn(self, slot: _Slot) -> _ActorLink:
+        assert self._loop is not None
+        group = slot.group
+        client = BlockingClient(group.host, group.port, self._client)
+        link = _ActorLink(slot, client, self._loop, self._finished, self._died)
+        link.ref = ThriftActor.start(link)
+        slot.link = link
+        slot.alive = True
+        return link
+
+    async def close(self) -> None:
+        """Stop probing, fail the calls still held with :class:`ClosedError`, interrupt and
+        stop every actor, and wait (off the loop, bounded) for their threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for group in self._groups:
+            group.closing = True
+        await asyncio.gather(*(b.close() for b in self._balancers.values()))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        links: list[_ActorLink] = []
+        for slot in self._slots:
+            self._fail_calls(
+                slot,
+                lambda peer: ClosedError(
+                    f"actor caller closed while a call to {peer} was in flight",
+                    public_message="gateway is shutting down",
+                ),
+                lambda peer: NotSentClosedError(
+                    f"actor caller closed before a call to {peer} was sent",
+                    public_message="gateway is shutting down",
+                ),
+            )
+            slot.alive = False
+            link = slot.link
+            if link is None:
+                continue
+            links.append(link)
+            link.client.interrupt()
+            if link.ref is not None:
+                link.ref.stop(block=False)  # a future we never wait on
+        if links and self._loop is not None:
+            left = await self._loop.run_in_executor(None, _join_all, links)
+            if left:
+                log.warning("actor threads still running after close: %s", ", ".join(left))
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def call(
+        self, service: str, method: MethodInfo, args: Any, *, timeout: float, idempotent: bool
+    ) -> Any:
+        """Make one call through an actor; see :meth:`offloop.client.caller.Caller.call`."""
+        if self._closed or self._loop is None:
+            raise NotSentClosedError(
+                "actor caller is " + ("closed" if self._closed else "not started"),
+                public_message="gateway is shutting down" if self._closed else "not started",
+            )
+        balancer = self._balancers.get(service)
+        if balancer is None:
+            raise NoBackendError(f"no backend is configured for service {service}")
+
+        async def attempt(backend: Backend, remaining: float) -> Any:
+            group: _ActorGroup = backend.target  # type: ignore[assignment]
+            return await self._submit(group.route(), method, args, remaining)
+
+        return await call_with_retries(
+            balancer, attempt, service=service, timeout=timeout, idempotent=idempotent
+        )
+
+    async def _submit(self, slot: _Slot, method: MethodInfo, args: Any, timeout: float) -> Any:
+        loop = self._loop
+        link = slot.link
+        assert loop is not None and link is not None and link.ref is not None
+        fut: asyncio.Future[Any] = loop.create_future()
+        call = _Call(method, args, time.monotonic() + timeout, timeout, fut)
+        try:
+            link.ref.tell(call)
+        except pykka.ActorDeadError as exc:  # died; the loop has not heard yet
+            slot.limiter.release()
+            raise NotSentOverloaded(
+                f"{link.name} of {slot.group.peer} is being replaced",
+                public_message="backend overloaded",
+            ) from exc
+        slot.take(call)
+        handle = loop.call_later(timeout + _EXPIRY_MARGIN, _expire, call, slot.group.peer)
+        try:
+            return await fut
+        finally:
+            handle.cancel()
+            call.skip = True
+
+    def _finished(self, link: _ActorLink, call: _Call, ok: bool, value: Any) -> None:
+        slot = link.slot
+        if slot.link is link:
+            slot.drop(call)
+        fut = call.future
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(
+                value
+                if isinstance(value, BaseException)
+                else NotSentClosedError(f"{link.name} skipped the call")
+            )
+
+    def _died(self, link: _ActorLink, exc: BaseException | None) -> None:
+        slot = link.slot
+        if slot.link is not link:
+            return
+        slot.alive = False
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown"
+        log.error("%s (backend %s) died (%s); replacing it", link.name, slot.group.peer, why)
+        self._fail_calls(
+            slot,
+            lambda peer: ActorCrashed(f"{link.name} died during a call to {peer}: {why}"),
+            lambda peer: NotSentOverloaded(
+                f"{link.name} died before a call to {peer} was sent: {why}",
+                public_message="backend overloaded",
+            ),
+        )
+        if not self._closed and self._loop is not None:
+            task = self._loop.create_task(self._replace(slot, link))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, slot: _Slot, old: _ActorLink) -> None:
+        assert self._loop is not None
+        if not await self._loop.run_in_executor(None, old.join, _THREAD_WAIT):
+            log.warning(
+                "%s has not exited after %.0f s; replacing it anyway", old.name, _THREAD_WAIT
+            )
+        if self._closed:
+            return
+        link = self._spawn(slot)
+        await self._loop.run_in_executor(None, _wait_started, [link])
+
+    @staticmethod
+    def _fail_calls(
+        slot: _Slot,
+        running: Callable[[str], Exception],
+        queued: Callable[[str], Exception],
+    ) -> None:
+        """Fail every call the slot holds: the oldest (perhaps sent) with ``running``, the
+        rest (not sent) with ``queued``."""
+        for i, call in enumerate(slot.drop_all()):
+            call.skip = True
+            if not call.future.done():
+                call.future.set_exception((running if i == 0 else queued)(slot.group.peer))
+
+    # -- state -----------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Whether every service has a backend that is up."""
+        return all_ready(self._balancers)
+
+    def backend_states(self) -> list[BackendState]:
+        """Each backend's health and the calls its actors hold."""
+        return backend_states(self._balancers)
+
+    @property
+    def actor_count(self) -> int:
+        """Actors running now (``actors``, but while one is being replaced)."""
+        return sum(slot.alive for slot in self._slots)
+
+
+def _expire(call: _Call, peer: str) -> None:
+    if not call.future.done():
+        call.future.set_exception(
+            DeadlineExceeded(
+                f"call of {call.method.name} to {peer}: no reply within {call.timeout:.3g}s"
+            )
+        )
+
+
+def _wait_started(links: Sequence[_ActorLink]) -> None:
+    end = time.monotonic() + _THREAD_WAIT
+    for link in links:
+        if not link.started.wait(max(0.0, end - time.monotonic())):
+            log.warning("%s has not started within %.0f s", link.name, _THREAD_WAIT)
+
+
+def _join_all(links: Sequence[_ActorLink]) -> list[str]:
+    end = time.monotonic() + _THREAD_WAIT
+    return [link.name for link in links if not link.join(max(0.0, end - time.monotonic()))]

@@ -1,0 +1,272 @@
+"""A blocking Thrift client: one socket, one call at a time (actor mode, scripts, tests).
+
+It is the socket I/O around :class:`~offloop.codec.call.CallCodec`, the same call layer the
+async client uses, so both encode, number and decode calls alike and map errors alike: a
+refused connect raises ``NotSentConnectError``, a peer that closes mid-call
+:class:`~offloop.errors.BrokenError`, a call past its deadline
+:class:`~offloop.errors.DeadlineExceeded`, a fault the typed error of
+:mod:`offloop.codec.faults`, a declared exception itself.
+
+Life of its socket: *no socket* -> (first call) *connected* -> (a timeout, a broken
+connection, garbage, or :meth:`BlockingClient.reset`) *no socket* again. It never reads a
+reply to an earlier call: after any error that leaves the stream unknown it closes the socket
+and reconnects lazily, and before reusing an idle socket it checks that the peer has not
+closed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from offloop.client.config import ClientConfig
+from offloop.client.errors import (
+    BACKEND_UNAVAILABLE,
+    NotSentClosedError,
+    NotSentDeadline,
+    NotSentWriteError,
+    connect_error,
+)
+from offloop.codec.call import CallCodec
+from offloop.codec.framing import FrameDecoder
+from offloop.errors import BrokenError, ClosedError, DeadlineExceeded, RemoteProtocolError
+from offloop.idl import MethodInfo
+
+__all__ = ["BlockingClient"]
+
+log = logging.getLogger("offloop.client")
+
+#: Bytes asked of the socket per read: a typical reply in one syscall.
+_RECV_SIZE = 64 * 1024
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether an idle socket is unusable: the peer closed it, or sent bytes nobody asked for."""
+    try:
+        sock.settimeout(0.0)
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False  # nothing to read: still open
+    except OSError:
+        return True
+    return True  # b"" (end of stream) or a stray byte
+
+
+class BlockingClient:
+    """A blocking Thrift client of one server.
+
+    Only one thread calls :meth:`call`, :meth:`reset` and :meth:`close`; :meth:`interrupt`
+    may be called from any thread.
+
+    Args:
+        host: the server's host.
+        port: the server's TCP port.
+        config: protocol, frame limit and connect timeout.
+    """
+
+    def __init__(self, host: str, port: int, config: ClientConfig) -> None:
+        self._host = host
+        self._port = port
+        self._peer = f"{host}:{port}"
+        self._config = config
+        self._calls = CallCodec(config.protocol, config.max_frame_size, self._peer)
+        self._sock: socket.socket | None = None
+        self._closed = False
+        # Guards swapping ``_sock`` against interrupt() from another thread; never held
+        # during a blocking socket operation.
+        self._lock = threading.Lock()
+
+    @property
+    def peer(self) -> str:
+        """The server's address, ``host:port``."""
+        return self._peer
+
+    @property
+    def connected(self) -> bool:
+        """Whether a socket is open (it is opened lazily by the next call)."""
+        return self._sock is not None
+
+    def call(self, method: MethodInfo, args: Any, deadline: float, timeout: float) -> Any:
+        """Call ``method`` and wait for its reply until ``deadline``.
+
+        Args:
+            method: the method to call.
+            args: an instance of ``method.args_cls``.
+            deadline: ``time.monotonic()`` value by which the reply must have arrived.
+            timeout: the call's whole timeout, for messages.
+
+        Returns:
+            The method's value; None for a void or oneway method.
+
+        Raises:
+            NotSentClosedError: the client was closed or interrupted.
+            NotSentDeadline: the deadline passed before the call was written.
+            NotSentConnectError: no connection could be opened.
+            NotSentWriteError: the socket refused the call.
+            EncodeError: ``args`` cannot be encoded.
+            PayloadTooLarge: the call encodes to more than the frame limit.
+            DeadlineExceeded: no reply before the deadline (the call was sent).
+            ClosedError: interrupted by us while the call was in flight.
+            BrokenError: the peer closed the connection or sent garbage mid-call.
+            RemoteProtocolError: the reply is malformed or not for this call.
+            RemoteApplicationError: the server answered with a ``TApplicationException``
+                (offloop's faults as their own classes).
+            Exception: a declared exception of the method, as itself.
+        """
+        if self._closed:
+            raise self._closed_error()
+        if deadline - time.monotonic() <= 0:
+            raise NotSentDeadline(f"call of {method.name} to {self._peer}: no time left")
+        calls = self._calls
+        seqid = calls.next_seqid()
+        frame = calls.encode_call(method, seqid, args)
+        sock = self._sock
+        if sock is not None and _peer_closed(sock):
+            self.reset()
+            sock = None
+        if sock is None:
+            sock = self._connect(method, deadline)
+        self._send(sock, method, frame, deadline)
+        if method.oneway:
+            return None
+        decoder = FrameDecoder(self._config.max_frame_size)
+        while True:
+            reply_frame = self._receive(sock, decoder, method, deadline, timeout)
+            try:
+                reply = calls.read_reply(reply_frame)
+            except RemoteProtocolError as exc:
+                self.reset()
+                raise BrokenError(
+                    f"connection to {self._peer} broken: {exc}",
+                    public_message="bad reply from backend",
+                ) from exc
+            if reply.seqid == seqid:
+                break
+            # As in the async client: a reply nobody waits for is dropped. (It cannot be a
+            # late reply of ours: the socket is reset after every timeout.)
+            log.debug("%s: discarding a reply with unknown seqid %d", self._peer, reply.seqid)
+        if decoder.buffered:  # bytes after the reply: nothing more on this stream is trusted
+            self.reset()
+        return calls.outcome(reply, method)
+
+    def reset(self) -> None:
+        """Close the socket; the next call opens a new one."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        """Close the socket for good: later calls raise ``NotSentClosedError``."""
+        self._closed = True
+        self.reset()
+
+    def interrupt(self) -> None:
+        """Close for good from another thread, waking a call blocked on the socket (it
+        raises :class:`~offloop.errors.ClosedError`). The owning thread closes the socket."""
+        with self._lock:
+            self._closed = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    # -- the phases of a call --------------------------------------------------------------
+
+    def _connect(self, method: MethodInfo, deadline: float) -> socket.socket:
+        limit = min(self._config.connect_timeout, deadline - time.monotonic())
+        try:
+            sock = socket.create_connection((self._host, self._port), timeout=limit)
+        except OSError as exc:  # TimeoutError included
+            if isinstance(exc, TimeoutError) and limit < self._config.connect_timeout:
+                raise NotSentDeadline(
+                    f"call of {method.name} to {self._peer}: deadline passed while connecting"
+                ) from exc
+            raise connect_error(self._peer, exc, self._config.connect_timeout) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            if not self._closed:
+                self._sock = sock
+                return sock
+        sock.close()
+        raise self._closed_error()
+
+    def _send(self, sock: socket.socket, method: MethodInfo, data: bytes, deadline: float) -> None:
+        # A failed or timed-out sendall wrote less than the whole frame: the server cannot
+        # have run the call, so these errors are "not sent".
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no time left")
+            sock.settimeout(remaining)
+            sock.sendall(data)
+        except TimeoutError as exc:
+            self.reset()
+            raise NotSentDeadline(
+                f"call of {method.name} to {self._peer}: deadline passed while writing"
+            ) from exc
+        except OSError as exc:
+            self.reset()
+            if self._closed:
+                raise self._closed_error() from exc
+            raise NotSentWriteError(
+                f"cannot write to {self._peer}: {exc}", public_message=BACKEND_UNAVAILABLE
+            ) from exc
+
+    def _receive(
+        self,
+        sock: socket.socket,
+        decoder: FrameDecoder,
+        method: MethodInfo,
+        deadline: float,
+        timeout: float,
+    ) -> bytes:
+        """The next frame: one already buffered in ``decoder``, else read off ``sock``."""
+        while True:
+            try:
+                for frame in decoder.frames():
+                    return frame
+            except RemoteProtocolError as exc:
+                self.reset()
+                raise BrokenError(
+                    f"connection to {self._peer} broken: the peer sent garbage: {exc}",
+                    public_message="bad reply from backend",
+                ) from exc
+            try:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("no time left")
+                sock.settimeout(remaining)
+                chunk = sock.recv(_RECV_SIZE)
+            except TimeoutError as exc:
+                self.reset()
+                raise DeadlineExceeded(
+                    f"call of {method.name} to {self._peer}: no reply within {timeout:.3g}s"
+                ) from exc
+            except OSError as exc:
+                self.reset()
+                raise self._lost(method, exc) from exc
+            if not chunk:
+                self.reset()
+                raise self._lost(method, None)
+            decoder.feed(chunk)
+
+    def _lost(self, method: MethodInfo, exc: OSError | None) -> Exception:
+        if self._closed:
+            return ClosedError(
+                f"connection to {self._peer} closed by us while {method.name} was in flight",
+                public_message=BACKEND_UNAVAILABLE,
+            )
+        how = f": {exc}" if exc is not None else ""
+        return BrokenError(
+            f"connection to {self._peer} closed by peer while {method.name} was in flight{how}",
+            public_message=BACKEND_UNAVAILABLE,
+        )
+
+    def _closed_error(self) -> Exception:
+        return NotSentClosedError(
+            f"client of {self._peer} is closed", public_message=BACKEND_UNAVAILABLE
+        )

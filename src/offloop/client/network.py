@@ -1,0 +1,45 @@
+"""The network seam of the async clients: how a connection to ``host:port`` is opened.
+
+Everything above this (the connection's protocol, pools, health probes) sees only an
+:class:`asyncio.Protocol` and its transport, so the same code runs over TCP
+(:data:`TCP`, the default) or over an in-memory transport pair
+(:class:`offloop.testing.MemoryNetwork`), which runs client and worker in one process
+without sockets. Shaped after httpcore's ``_backends`` (a tiny stream interface).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["TCP", "Network", "ProtocolFactory", "TcpNetwork"]
+
+ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+class Network(Protocol):
+    """Opens client connections."""
+
+    async def connect(self, factory: ProtocolFactory, host: str, port: int) -> None:
+        """Open a connection to ``host:port`` and hand it to a protocol from ``factory``
+        (whose ``connection_made`` has run when this returns).
+
+        Raises:
+            OSError: the connection was refused or failed (``TimeoutError`` included).
+        """
+
+
+class TcpNetwork:
+    """TCP with ``TCP_NODELAY`` (asyncio's default for TCP transports), via the running loop."""
+
+    async def connect(self, factory: ProtocolFactory, host: str, port: int) -> None:
+        transport, _ = await asyncio.get_running_loop().create_connection(factory, host, port)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: The default network.
+TCP = TcpNetwork()

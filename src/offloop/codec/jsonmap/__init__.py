@@ -1,0 +1,84 @@
+"""The JSON mapping of Thrift values, both ways, sans-I/O.
+
+The gateway calls this on every request, so each Thrift type is compiled once into a pair of
+small functions (decode from JSON, encode to JSON) and kept: on the struct class itself for
+structs and exceptions (so that it goes when the class goes), in a small LRU cache for other
+specs. Values are "decoded JSON": what :func:`json.loads` returns, and what
+:func:`json.dumps` accepts.
+
+The mapping:
+
+============================  ======================================  ===========================
+Thrift                        JSON out (``value_to_json``)            JSON in (``value_from_json``)
+============================  ======================================  ===========================
+``bool``                      ``true`` / ``false``                    the same; not ``0`` / ``1``
+``byte`` ``i8`` ``i16``       integer                                 integer in range (not a bool)
+``i32``
+``i64``                       integer                                 integer, or decimal string
+``double``                    number; ``"NaN"``, ``"Infinity"``,      the same; integers too
+                              ``"-Infinity"``
+``string``                    string                                  string (valid Unicode)
+``binary``                    base64 string (standard alphabet,       the same, strictly checked
+                              padded)
+enum                          its name (unknown values: the integer)  name or integer value
+struct, exception             object by field name; unset (``None``)  the same; unknown field and
+                              fields left out                         missing required field are
+                                                                      errors; ``null`` is absent;
+                                                                      defaults applied
+``list``                      array                                   array
+``set``                       array, sorted where sortable            array (duplicates merge)
+``map``, key string           object                                  object
+``map``, key enum             object keyed by enum name               keys: name or decimal value
+``map``, key integer          object keyed by decimal string          the same, range-checked
+``map``, any other key        array of ``[key, value]`` pairs         the same
+============================  ======================================  ===========================
+
+Typedefs need nothing: thriftpy2 resolves them when it parses the IDL.
+
+Errors in input raise :class:`JsonMappingError` (status 400) with the path of the bad value:
+``argument.`` then the argument name for :func:`args_from_json` (e.g.
+``argument.xtructs[2].i32_thing``), the ``path`` given to :func:`value_from_json` otherwise.
+Object-form map entries are addressed as ``m["key"]``, pair-form ones as ``m[3][0]`` (key) and
+``m[3][1]`` (value). Paths are built only when something fails, so good input pays nothing for
+them.
+"""
+
+from offloop.codec.jsonmap._api import (
+    ARGUMENT_ROOT,
+    Outcome,
+    args_from_json,
+    args_to_json,
+    result_to_json,
+    struct_from_json,
+    struct_to_json,
+    value_from_json,
+    value_to_json,
+)
+from offloop.codec.jsonmap._errors import MAX_DEPTH, JsonEncodeError, JsonMappingError
+from offloop.codec.jsonmap._specs import (
+    MapForm,
+    is_enum,
+    map_form,
+    split_elem_spec,
+    split_field_spec,
+)
+
+__all__ = [
+    "ARGUMENT_ROOT",
+    "MAX_DEPTH",
+    "JsonEncodeError",
+    "JsonMappingError",
+    "MapForm",
+    "Outcome",
+    "args_from_json",
+    "args_to_json",
+    "is_enum",
+    "map_form",
+    "result_to_json",
+    "split_elem_spec",
+    "split_field_spec",
+    "struct_from_json",
+    "struct_to_json",
+    "value_from_json",
+    "value_to_json",
+]

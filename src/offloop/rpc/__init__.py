@@ -1,1 +1,0 @@
-"""offloop.rpc."""
