@@ -100,7 +100,7 @@ def test_fault_round_trip(codec: MessageCodec) -> None:
 
 def test_decode_reply_refuses_a_call(codec: MessageCodec) -> None:
     data = codec.encode_call(METHODS["ping"], 1, args("ping", msg="x"))
-    with pytest.raises(RemoteProtocolError, match="expected a reply"):
+    with pytest.raises(RemoteProtocolError, match="expected REPLY or EXCEPTION"):
         codec.decode_reply(data, METHODS["ping"])
 
 

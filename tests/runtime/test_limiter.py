@@ -43,12 +43,15 @@ def test_limit_below_one_is_refused() -> None:
 def test_threads_never_overshoot_the_limit() -> None:
     limiter = Limiter(3, name="test slots")
     start = threading.Barrier(8)
+    # An assert in a thread would only print its error: what the threads saw is checked here.
+    overshoots: list[int] = []
 
     def churn() -> None:
         start.wait()
         for _ in range(2000):
             if limiter.try_acquire():
-                assert limiter.borrowed <= 3
+                if limiter.borrowed > 3:
+                    overshoots.append(limiter.borrowed)
                 limiter.release()
 
     threads = [threading.Thread(target=churn) for _ in range(8)]
@@ -56,6 +59,7 @@ def test_threads_never_overshoot_the_limit() -> None:
         t.start()
     for t in threads:
         t.join()
+    assert overshoots == []
     stats = limiter.stats()
     assert stats.borrowed == 0
     assert stats.peak <= 3

@@ -11,13 +11,15 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import jobs
 import pytest
+from gates import Gate
 from harness import pid_alive
+from waiting import wait_until_async
 
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
 from offloop.runtime import JobFailed, Pool, ProcessPool, ThreadPool, WorkerCrashed
@@ -25,6 +27,8 @@ from offloop.runtime.processpool import WorkerStartError
 from offloop.runtime.threadpool import THREAD_NAME_PREFIX
 
 POOLS = ("thread", "process")
+#: Seconds a test waits for a state it expects (bounds a hang, not a speed claim).
+WAIT = 10.0
 
 
 def make_pool(kind: str, factory: Callable[[], Any] = jobs.factory, **kw: Any) -> Pool:
@@ -37,24 +41,28 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(test(), 30))
 
 
+def busy_and_queued(pool: Pool) -> tuple[int, int]:
+    stats = pool.stats()
+    return stats.busy, stats.queued
+
+
 @pytest.mark.parametrize("kind", POOLS)
-def test_admission_is_bounded_and_refusal_is_immediate(kind: str) -> None:
+def test_admission_is_bounded_and_refusal_is_immediate(kind: str, tmp_path: Path) -> None:
     async def test() -> None:
         pool = make_pool(kind, workers=2, max_queued=1)
         await pool.start()
         try:
-            admitted = [
-                asyncio.ensure_future(pool.run(("sleep", 0.3), timeout=10)) for _ in range(3)
-            ]
-            await asyncio.sleep(0.05)
-            stats = pool.stats()
-            assert (stats.busy, stats.queued) == (2, 1)
-            with pytest.raises(Overloaded, match=r"busy and \d+ calls queued$"):
-                await pool.run(("echo", 1), timeout=10)
-            admission = pool.stats().admission
-            assert admission is not None
-            assert (admission.limit, admission.borrowed, admission.refused) == (3, 3, 1)
-            assert await asyncio.gather(*admitted) == [0.3, 0.3, 0.3]
+            with Gate(tmp_path) as gate:
+                admitted = [asyncio.ensure_future(pool.run(gate.job, timeout=10)) for _ in range(3)]
+                await wait_until_async(lambda: busy_and_queued(pool) == (2, 1), WAIT)
+                # Refused while all three admitted jobs are held: at once, not after a wait.
+                with pytest.raises(Overloaded, match=r"^overloaded: "):
+                    await pool.run(("echo", 1), timeout=10)
+                admission = pool.stats().admission
+                assert admission is not None
+                assert (admission.limit, admission.borrowed, admission.refused) == (3, 3, 1)
+                assert not any(job.done() for job in admitted)
+            assert await asyncio.gather(*admitted) == ["opened"] * 3
             assert await pool.run(("echo", "room again"), timeout=10) == "room again"
         finally:
             await pool.close()
@@ -63,35 +71,37 @@ def test_admission_is_bounded_and_refusal_is_immediate(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", POOLS)
-def test_max_queued_zero_admits_only_idle_workers(kind: str) -> None:
+def test_max_queued_zero_admits_only_idle_workers(kind: str, tmp_path: Path) -> None:
     async def test() -> None:
         pool = make_pool(kind, workers=1, max_queued=0)
         await pool.start()
         try:
-            running = asyncio.ensure_future(pool.run(("sleep", 0.2), timeout=10))
-            await asyncio.sleep(0.05)
-            with pytest.raises(Overloaded):
-                await pool.run(("echo", 1), timeout=10)
-            assert await running == 0.2
+            with Gate(tmp_path) as gate:
+                running = asyncio.ensure_future(pool.run(gate.job, timeout=10))
+                await wait_until_async(lambda: busy_and_queued(pool) == (1, 0), WAIT)
+                with pytest.raises(Overloaded):
+                    await pool.run(("echo", 1), timeout=10)
+            assert await running == "opened"
         finally:
             await pool.close()
 
     run(test)
 
 
-def test_thread_past_its_deadline_keeps_its_slot_until_it_returns() -> None:
+def test_thread_past_its_deadline_keeps_its_slot_until_it_returns(tmp_path: Path) -> None:
     async def test() -> None:
         pool = ThreadPool(jobs.factory, workers=1, max_queued=0)
         await pool.start()
         try:
-            with pytest.raises(DeadlineExceeded, match=r"within 0\.1 s"):
-                await pool.run(("sleep", 0.5), timeout=0.1)
-            # The thread runs on: the bound stays true.
-            assert pool.stats().busy == 1
-            with pytest.raises(Overloaded):
-                await pool.run(("echo", 1), timeout=10)
-            while pool.stats().busy:
-                await asyncio.sleep(0.02)
+            with Gate(tmp_path) as gate:
+                with pytest.raises(DeadlineExceeded, match=r"within 0\.1 s"):
+                    await pool.run(gate.job, timeout=0.1)
+                # The thread runs on (held until the gate opens): the bound stays true.
+                assert pool.stats().busy == 1
+                with pytest.raises(Overloaded):
+                    await pool.run(("echo", 1), timeout=10)
+            # Once the job returns, its slot is free again.
+            await wait_until_async(lambda: pool.stats().busy == 0, WAIT)
             assert await pool.run(("echo", 2), timeout=10) == 2
         finally:
             await pool.close()
@@ -125,7 +135,7 @@ def test_killed_child_fails_its_job_and_the_queue_survives() -> None:
             victim = await pool.run(("pid", None), timeout=10)
             running = asyncio.ensure_future(pool.run(("sleep", 30), timeout=10))
             queued = [asyncio.ensure_future(pool.run(("echo", i), timeout=10)) for i in range(2)]
-            await asyncio.sleep(0.1)
+            await wait_until_async(lambda: busy_and_queued(pool) == (1, 2), WAIT)
             os.kill(victim, signal.SIGKILL)
             with pytest.raises(WorkerCrashed, match=f"worker process {victim} died"):
                 await running
@@ -137,7 +147,7 @@ def test_killed_child_fails_its_job_and_the_queue_survives() -> None:
 
 
 @pytest.mark.parametrize("kind", POOLS)
-def test_queued_jobs_given_up_give_their_slot_back_at_once(kind: str) -> None:
+def test_queued_jobs_given_up_give_their_slot_back_at_once(kind: str, tmp_path: Path) -> None:
     async def test() -> None:
         pool = make_pool(kind, workers=1, max_queued=1)
         await pool.start()
@@ -148,20 +158,21 @@ def test_queued_jobs_given_up_give_their_slot_back_at_once(kind: str) -> None:
                 assert admission is not None
                 return admission.borrowed
 
-            running = asyncio.ensure_future(pool.run(("sleep", 0.5), timeout=10))
-            await asyncio.sleep(0.05)
-            with pytest.raises(DeadlineExceeded):
-                await pool.run(("echo", "timed out"), timeout=0.05)
-            assert borrowed() == 1
-            cancelled = asyncio.ensure_future(pool.run(("echo", "cancelled"), timeout=10))
-            await asyncio.sleep(0.05)
-            assert borrowed() == 2
-            cancelled.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await cancelled
-            assert (borrowed(), pool.stats().queued) == (1, 0)
-            queued = asyncio.ensure_future(pool.run(("echo", "queued"), timeout=10))
-            assert await running == 0.5
+            with Gate(tmp_path) as gate:
+                # The one worker is held until the gate opens: the jobs below can only queue.
+                running = asyncio.ensure_future(pool.run(gate.job, timeout=10))
+                await wait_until_async(lambda: busy_and_queued(pool) == (1, 0), WAIT)
+                with pytest.raises(DeadlineExceeded):
+                    await pool.run(("echo", "timed out"), timeout=0.05)
+                assert borrowed() == 1
+                cancelled = asyncio.ensure_future(pool.run(("echo", "cancelled"), timeout=10))
+                await wait_until_async(lambda: borrowed() == 2, WAIT)
+                cancelled.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await cancelled
+                assert (borrowed(), pool.stats().queued) == (1, 0)
+                queued = asyncio.ensure_future(pool.run(("echo", "queued"), timeout=10))
+            assert await running == "opened"
             assert await queued == "queued"
             assert borrowed() == 0
         finally:
@@ -183,9 +194,7 @@ def test_every_admitted_job_gives_its_slot_back_once(kind: str) -> None:
             results = await asyncio.gather(*calls, return_exceptions=True)
             refused = sum(isinstance(r, Overloaded) for r in results)
             assert 0 < refused < 20
-            deadline = time.monotonic() + 10
-            while pool.stats().busy and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await wait_until_async(lambda: pool.stats().busy == 0, WAIT)
             admission = pool.stats().admission
             assert admission is not None
             assert (admission.borrowed, admission.refused) == (0, refused)
@@ -264,15 +273,15 @@ def test_thread_pool_close_returns_within_grace_and_fails_its_callers() -> None:
         await pool.start()
         running = asyncio.ensure_future(pool.run("block", timeout=60))
         queued = asyncio.ensure_future(pool.run("queued", timeout=60))
-        await asyncio.sleep(0.05)
-        began = time.monotonic()
+        await wait_until_async(lambda: busy_and_queued(pool) == (1, 1), WAIT)
         await pool.close(grace=0.2)
-        assert time.monotonic() - began < 10
         with pytest.raises(ClosedError, match="closed before the call ran"):
             await queued
         with pytest.raises(ClosedError, match="closed while the call was running"):
             await running
-        assert pool.stats().busy == 1  # left behind, as the warning said
+        # Returned while the job still runs (it cannot end before it is released): close did
+        # not wait for it, and left it behind, as the warning said.
+        assert pool.stats().busy == 1
 
     _release_job.clear()
     try:
@@ -282,7 +291,8 @@ def test_thread_pool_close_returns_within_grace_and_fails_its_callers() -> None:
 
 
 def test_thread_pool_left_behind_does_not_hold_up_exit() -> None:
-    # A job still running after close() must not keep the process alive until it returns.
+    # A job still running after close() must not keep the process alive until it returns:
+    # the job sleeps for 10 minutes, far past the 30 s the process is given to exit in.
     script = textwrap.dedent(
         """
         import asyncio, time
@@ -291,15 +301,15 @@ def test_thread_pool_left_behind_does_not_hold_up_exit() -> None:
         async def main():
             pool = ThreadPool(lambda: time.sleep, workers=1)
             await pool.start()
-            call = asyncio.ensure_future(pool.run(60, timeout=120))
-            await asyncio.sleep(0.1)
+            call = asyncio.ensure_future(pool.run(600, timeout=1200))
+            while not pool.stats().busy:  # until the job runs
+                await asyncio.sleep(0.01)
             await pool.close(grace=0.2)
             await asyncio.gather(call, return_exceptions=True)
 
         asyncio.run(main())
         """
     )
-    began = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
@@ -307,7 +317,6 @@ def test_thread_pool_left_behind_does_not_hold_up_exit() -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    assert time.monotonic() - began < 20
     assert "1 calls still running" in done.stderr
 
 
@@ -354,7 +363,7 @@ def test_process_pool_close_fails_queued_jobs() -> None:
         await pool.start()
         running = asyncio.ensure_future(pool.run(("sleep", 30), timeout=60))
         queued = asyncio.ensure_future(pool.run(("echo", 1), timeout=60))
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: busy_and_queued(pool) == (1, 1), WAIT)
         await pool.close(grace=0.1)
         with pytest.raises(ClosedError, match="closed before the call ran"):
             await queued

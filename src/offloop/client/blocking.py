@@ -73,7 +73,7 @@ class BlockingClient:
         self._port = port
         self._peer = f"{host}:{port}"
         self._config = config
-        self._calls = CallCodec(config.protocol, config.max_frame_size, self._peer)
+        self._calls = CallCodec(config.protocol, config.max_frame_size, self._peer, config.decode)
         self._sock: socket.socket | None = None
         self._closed = False
         # Guards swapping ``_sock`` against interrupt() from another thread; never held

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from offloop.codec.call import SEQID_MASK
 from offloop.codec.framing import DEFAULT_MAX_FRAME_SIZE
+from offloop.codec.guard import DecodeLimits
 from offloop.codec.message import ProtocolName
 
 __all__ = ["ClientConfig"]
@@ -25,6 +26,8 @@ class ClientConfig:
         write_buffer_high: bytes a connection may buffer before callers wait for it to
             drain (the asyncio high-water mark; the low-water mark is a quarter of it).
         pool_size: connections per backend (loop mode).
+        decode: what one reply may cost to decode beyond its length (nesting depth,
+            container elements); see docs/limits.md.
     """
 
     protocol: ProtocolName = "binary"
@@ -33,6 +36,7 @@ class ClientConfig:
     max_in_flight: int = field(default=1024, metadata={"flag": "max-calls-per-connection"})
     write_buffer_high: int = 1024 * 1024
     pool_size: int = 4
+    decode: DecodeLimits = field(default_factory=DecodeLimits, metadata={"prefix": "decode-"})
 
     def __post_init__(self) -> None:
         if self.protocol not in ("binary", "compact"):

@@ -111,7 +111,7 @@ class ThriftConnection(asyncio.Protocol):
         self._port = port
         self._peer = f"{host}:{port}"
         self._config = config
-        self._calls = CallCodec(config.protocol, config.max_frame_size, self._peer)
+        self._calls = CallCodec(config.protocol, config.max_frame_size, self._peer, config.decode)
         self._decoder = FrameDecoder(config.max_frame_size)
         # Calls sent and not answered, plus callers waiting for the write buffer to drain.
         self._limiter = Limiter(config.max_in_flight, name=f"calls in flight to {self._peer}")

@@ -26,6 +26,7 @@ from thriftpy2.thrift import TApplicationException
 
 from offloop.codec.faults import fault_error
 from offloop.codec.framing import encode_frame
+from offloop.codec.guard import DEFAULT_LIMITS, DecodeLimits
 from offloop.codec.message import EXCEPTION, REPLY, MessageCodec, ProtocolName
 from offloop.errors import (
     OffloopError,
@@ -58,12 +59,14 @@ class ReplyHeader:
         type: the message type (``REPLY``, ``EXCEPTION``, or anything the peer sent).
         seqid: the sequence id, matched against the calls waiting.
         reader: the protocol to read the body from (internal to :class:`CallCodec`).
+        frame: the whole message, checked by the guard before its body is read.
     """
 
     name: str
     type: int
     seqid: int
     reader: Any
+    frame: bytes
 
 
 class CallCodec:
@@ -73,12 +76,19 @@ class CallCodec:
         protocol: ``"binary"`` or ``"compact"``.
         max_frame_size: the largest call we send, in bytes.
         peer: the server's address, for messages.
+        limits: what one reply may cost to decode beyond its length.
     """
 
     __slots__ = ("_codec", "_max_frame_size", "_seqid", "peer", "protocol")
 
-    def __init__(self, protocol: ProtocolName, max_frame_size: int, peer: str) -> None:
-        self._codec = MessageCodec(protocol)
+    def __init__(
+        self,
+        protocol: ProtocolName,
+        max_frame_size: int,
+        peer: str,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self._codec = MessageCodec(protocol, limits)
         self._max_frame_size = max_frame_size
         self._seqid = 0
         self.protocol = protocol
@@ -128,7 +138,7 @@ class CallCodec:
             ) from exc
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
-        return ReplyHeader(name, int(mtype), int(seqid), reader)
+        return ReplyHeader(name, int(mtype), int(seqid), reader, frame)
 
     def outcome(self, reply: ReplyHeader, method: MethodInfo) -> Any:
         """The value of ``method`` that ``reply`` carries; raises what it carries otherwise.
@@ -157,6 +167,8 @@ class CallCodec:
                 f"{self.peer} answered {method.name} with message type {reply.type}, not a reply"
             )
         try:
+            # Before thriftpy2 reads a byte of the body: its cost is then bounded by the frame.
+            self._codec.check(reply.frame, type(body))
             reply.reader.read_struct(body)
         except Exception as exc:
             raise RemoteProtocolError(

@@ -18,6 +18,7 @@ from thriftpy2.transport.buffered import TCyBufferedTransport
 from thriftpy2.transport.memory import TCyMemoryBuffer
 
 from offloop.codec.faults import FaultKind, fault_exception
+from offloop.codec.guard import DEFAULT_LIMITS, DecodeLimits, MessageRefused, check_message
 from offloop.errors import RemoteProtocolError
 from offloop.idl import MethodInfo
 
@@ -79,14 +80,31 @@ class Header:
 class MessageCodec:
     """Encodes and decodes whole Thrift messages for one protocol.
 
+    Every message body is checked by :func:`~offloop.codec.guard.check_message` against the
+    struct class it decodes into before thriftpy2 reads it, so that what decoding costs is
+    bounded by the message's length, whatever it declares.
+
     Args:
         protocol: ``"binary"`` (strict, the Apache default) or ``"compact"``.
+        limits: what one message may cost to decode beyond its length (depth, elements).
     """
 
-    def __init__(self, protocol: ProtocolName = "binary") -> None:
+    def __init__(
+        self, protocol: ProtocolName = "binary", limits: DecodeLimits = DEFAULT_LIMITS
+    ) -> None:
         if protocol not in ("binary", "compact"):
             raise ValueError(f"unknown Thrift protocol {protocol!r}: use 'binary' or 'compact'")
         self.protocol = protocol
+        self.limits = limits
+
+    def check(self, data: bytes, body: type[Any] | dict[int, type[Any]]) -> None:
+        """Check a whole message before its body is decoded into ``body``.
+
+        Raises:
+            MessageRefused: (a :class:`~offloop.errors.RemoteProtocolError`) the message is
+                malformed or would cost more to decode than its length allows.
+        """
+        check_message(data, self.protocol, self.limits, body=body)
 
     def _proto(self, buf: Any) -> Any:
         if self.protocol == "binary":
@@ -129,6 +147,10 @@ class MessageCodec:
         Raises:
             RemoteProtocolError: the message is malformed or truncated.
         """
+        try:
+            self.check(data, method.args_cls)
+        except MessageRefused as exc:
+            raise RemoteProtocolError(f"malformed arguments for {method.name}: {exc}") from exc
         proto = self.reader(data)
         try:
             name, mtype, seqid = proto.read_message_begin()
@@ -150,6 +172,10 @@ class MessageCodec:
         Raises:
             RemoteProtocolError: the message is malformed, or is not a reply.
         """
+        try:
+            self.check(data, {REPLY: method.result_cls, EXCEPTION: TApplicationException})
+        except MessageRefused as exc:
+            raise RemoteProtocolError(f"malformed reply to {method.name}: {exc}") from exc
         proto = self.reader(data)
         try:
             name, mtype, seqid = proto.read_message_begin()

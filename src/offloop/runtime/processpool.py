@@ -394,8 +394,7 @@ class ProcessPool:
             raise ClosedError("process pool is closed")
         if not self._admission.try_acquire():
             raise Overloaded(
-                f"{self._workers} worker processes busy and "
-                f"{self._max_queued} calls queued"
+                f"{self._workers} worker processes busy and {self._max_queued} calls queued"
             )
         loop = asyncio.get_running_loop()
         self._next_id += 1

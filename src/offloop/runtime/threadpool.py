@@ -251,9 +251,7 @@ class ThreadPool:
         if self._closed or self._fn is None:
             raise ClosedError("thread pool is closed")
         if not self._admission.try_acquire():
-            raise Overloaded(
-                f"{self._workers} threads busy and {self._max_queued} calls queued"
-            )
+            raise Overloaded(f"{self._workers} threads busy and {self._max_queued} calls queued")
         item = self._submit(
             asyncio.get_running_loop(), lambda: self._call(payload), holds_slot=True
         )

@@ -57,7 +57,7 @@ __all__ = [
 # wait for its lock for the few microseconds the thread holds it: both far below a stall.
 # Logging handlers write to files by design; a loop that logs accepts that cost everywhere.
 DEFAULT_ALLOWED: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("offloop/watchdog.py", ("stop", "records")),
+    ("offloop/watchdog/_watchdog.py", ("stop", "records")),
     ("logging/__init__.py", ("emit", "flush")),
     ("logging/handlers.py", ("emit", "flush", "doRollover")),
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from offloop.codec.framing import DEFAULT_MAX_FRAME_SIZE
+from offloop.codec.guard import DecodeLimits
 from offloop.codec.message import ProtocolName
 from offloop.listen import ListenConfig
 from offloop.runtime.base import check_pool_bounds
@@ -69,12 +70,15 @@ class WorkerLimits:
             ``overloaded``.
         call_timeout: seconds a call may run; a process-pool call past it is killed.
         max_connections: connections served at once; more are closed on accept.
+        decode: what one call may cost to decode beyond its length (nesting depth,
+            container elements); see docs/limits.md.
     """
 
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_queued: int | None = None
     call_timeout: float = 30.0
     max_connections: int = 10_000
+    decode: DecodeLimits = field(default_factory=DecodeLimits, metadata={"prefix": "decode-"})
 
     def __post_init__(self) -> None:
         if not 0 < self.max_frame_size <= 1 << 30:

@@ -25,6 +25,7 @@ from thriftpy2.thrift import TApplicationException
 
 from offloop.batching import batch_options
 from offloop.codec.faults import FaultKind
+from offloop.codec.guard import DEFAULT_LIMITS, DecodeLimits
 from offloop.codec.message import Header, MessageCodec, ProtocolName
 from offloop.errors import RemoteProtocolError
 from offloop.idl import MethodInfo, ServiceInfo, load_idl, service_info
@@ -73,12 +74,19 @@ class Dispatcher:
         service: the service the handler implements.
         handler: an object with one method per IDL method.
         protocol: the Thrift protocol of the frames.
+        limits: what one call may cost to decode beyond its length.
     """
 
-    def __init__(self, service: ServiceInfo, handler: Any, protocol: ProtocolName) -> None:
+    def __init__(
+        self,
+        service: ServiceInfo,
+        handler: Any,
+        protocol: ProtocolName,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+    ) -> None:
         self._service = service
         self._handler = handler
-        self._codec = MessageCodec(protocol)
+        self._codec = MessageCodec(protocol, limits)
         # A batched method takes a list of calls, so it is called that way even alone.
         self._batched = frozenset(batch_options(handler))
         missing = [m for m in service.methods if not callable(getattr(handler, m, None))]
@@ -237,6 +245,7 @@ class DispatcherFactory:
     protocol: ProtocolName = "binary"
     pool: str = "thread"
     workers: int = 1
+    limits: DecodeLimits = DEFAULT_LIMITS
 
     def __call__(self) -> Dispatcher:
         info = service_info(load_idl(self.idl_path), self.service)
@@ -245,7 +254,7 @@ class DispatcherFactory:
         setup = getattr(handler, "setup_pool", None)
         if callable(setup):
             setup(self.pool, self.workers)
-        return Dispatcher(info, handler, self.protocol)
+        return Dispatcher(info, handler, self.protocol, self.limits)
 
     def batch_methods(self) -> dict[str, tuple[int, float]]:
         """Batched methods of the handler class: name -> (max_batch, max_wait seconds)."""

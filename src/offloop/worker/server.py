@@ -150,10 +150,11 @@ class WorkerServer:
             config.protocol,
             config.pool.kind,
             config.workers,
+            config.limits.decode,
         )
         self.pool: Pool = pool if pool is not None else build_pool(config, self._factory)
         self.metrics = WorkerMetrics(self.pool.stats)
-        self._codec = MessageCodec(config.protocol)
+        self._codec = MessageCodec(config.protocol, config.limits.decode)
         self._connections: set[_Connection] = set()
         self._calls: set[asyncio.Task[None]] = set()
         self._batchers: dict[str, Batcher] = {}

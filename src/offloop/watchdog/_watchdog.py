@@ -1,39 +1,6 @@
-"""A watchdog for event loops: loop lag, and stalls caught while they happen.
+"""The loop watchdog itself: the heartbeat on the loop and the thread that watches it.
 
-One blocking call on an event loop (CPU work, ``time.sleep``, a sync socket or file read)
-stalls every request it serves at once. Tornado 6 dropped its blocking-log threshold and
-asyncio's debug mode costs too much to leave on, so :class:`LoopWatchdog` does the job for
-any asyncio loop: plain asyncio, uvloop, and Tornado's ``IOLoop`` (which runs on asyncio).
-
-How it works. Two parties share a few attributes and no lock:
-
-- **The heartbeat**, a plain ``loop.call_later`` callback chain on the loop (no task: that is
-  the cheapest thing a loop can run), every ``min(lag_interval, stall_threshold / 10)``
-  seconds. Each beat publishes ``(seq, time.monotonic(), thread CPU time)`` and measures its
-  own *lag*, how late it fired. Every ``lag_interval`` the worst lag of the beats since the
-  last sample goes into a histogram and a gauge, so a short stall between two samples still
-  shows. A beat later than ``stall_threshold`` also publishes itself, and the beat before it,
-  as *late*: that is the loop's own account of a stall, with its exact length.
-- **The watchdog thread** sleeps until the moment the loop, if it has not turned since its last
-  beat, would have stalled: the next beat's due time plus the threshold. Then it looks. If a
-  newer beat has come, the loop is fine and it sleeps again (about ten looks a second at the
-  default threshold). If not, the loop is stalled right now: the thread takes the stack of the
-  loop's thread (``sys._current_frames``), logs it once, and looks every ``check_interval``
-  until a newer beat shows that the loop turned. The stall's length is then the lag of that
-  beat, as the loop measured it; the stall is logged, counted and kept in
-  :attr:`LoopWatchdog.records`.
-
-A stall the thread could not see while it lasted (C code that holds the GIL, or a process
-that got no CPU at all) is still found afterwards through the late beat: counted, logged and
-recorded, without a stack. Each stall also carries the share of it the loop thread spent on a
-CPU, which tells computing (near 100%) from waiting (near 0%); and a stack with no code of
-the loop's running, only its poll, is named :data:`IDLE_POLL`: the host starved the process,
-nothing on the loop blocked it. A loop that is not running (stopped between
-``run_until_complete`` calls, say) is paused, not stalled.
-
-The thread only reads what the loop writes and the loop never waits for the thread, so the
-watchdog cannot itself stall the loop. The loop pays one small callback (3-5 microseconds)
-per beat, 100 a second at the default threshold; the thread looks about 10 times a second.
+See :mod:`offloop.watchdog` for how the two cooperate.
 """
 
 from __future__ import annotations
@@ -43,38 +10,31 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import math
-import os
 import sys
-import sysconfig
 import threading
 import time
-import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from offloop.watchdog._stacks import _dispatch_codes, _format_stack
+from offloop.watchdog.config import (
+    IDLE_POLL,
+    LAG_BUCKETS,
+    STALL_BUCKETS,
+    StallRecord,
+    WatchdogConfig,
+)
+
 if TYPE_CHECKING:
     from tornado.ioloop import IOLoop
 
-__all__ = [
-    "IDLE_POLL",
-    "LAG_BUCKETS",
-    "STALL_BUCKETS",
-    "LoopWatchdog",
-    "StallRecord",
-    "WatchdogConfig",
-    "watch_tornado",
-]
+__all__ = ["LoopWatchdog", "watch_tornado"]
 
-LOGGER = logging.getLogger(__name__)
-
-#: The ``blocking_function`` of a stall during which no code on the loop was running: the loop
-#: thread sat in the loop's own poll or bookkeeping, so it was the process that did not get
-#: the CPU (an overloaded host, a paused VM or container, swapping), not a blocking call.
-IDLE_POLL = "<event loop poll>"
+#: Every watchdog logs here unless given a logger of its own.
+LOGGER = logging.getLogger("offloop.watchdog")
 _STARVED = " (an overloaded host, a paused VM or container, or swapping)"
 _IDLE_HINT = (
     " (no code on the loop is running: the process is not getting the CPU; an overloaded host,"
@@ -82,30 +42,6 @@ _IDLE_HINT = (
 )
 # A stall with at least this share of it on CPU was computing, not waiting.
 _CPU_BOUND = 0.5
-
-# From 0.1 ms (a healthy loop) to 5 s (a loop that is effectively dead).
-LAG_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
-# A stall is at least the threshold (100 ms by default); a minute is as long as anyone waits.
-STALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-# Heartbeats per stall threshold: a stall's measured length is short by at most one beat, so a
-# tenth of the threshold; a beat costs the loop 3-5 us, so 100 beats/s cost under 0.05%.
-_BEATS_PER_THRESHOLD = 10
 # How long after the earliest moment a stall can be declared the thread looks: timer slack.
 _WAKE_MARGIN = 0.001
 # Late beats kept for the thread to account for; more than this many stalls between two of
@@ -113,101 +49,6 @@ _WAKE_MARGIN = 0.001
 _MAX_LATE = 16
 # How long stop() waits for the watchdog thread; it wakes at once, so this is only a guard.
 _JOIN_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class WatchdogConfig:
-    """How a :class:`LoopWatchdog` samples lag and detects stalls.
-
-    Attributes:
-        lag_interval: seconds between two samples of the loop-lag histogram and gauge. Each
-            sample is the worst lag seen since the previous one.
-        stall_threshold: the loop has stalled when it has not turned for longer than this
-            many seconds (``--stall-threshold``).
-        check_interval: seconds between two looks of the watchdog thread while a stall lasts
-            or the loop is paused (a healthy loop is looked at once per threshold); ``None``
-            means a quarter of ``stall_threshold``. At most ``stall_threshold``.
-        log_stacks: whether the warning logged while a stall lasts includes the loop thread's
-            stack (the blocking function is always named).
-        max_stack_depth: the number of innermost frames kept in a stall's stack.
-        max_records: how many recent :class:`StallRecord` objects are kept; older ones are
-            dropped (they stay counted in the metrics).
-        enabled: whether the gateway (and ``offloop up``) starts a watchdog; a
-            :class:`LoopWatchdog` made by hand ignores it.
-    """
-
-    lag_interval: float = 0.25
-    stall_threshold: float = 0.1
-    check_interval: float | None = None
-    log_stacks: bool = True
-    max_stack_depth: int = 40
-    max_records: int = 100
-    enabled: bool = field(default=True, metadata={"flag": "watchdog"})
-
-    def __post_init__(self) -> None:
-        for name in ("lag_interval", "stall_threshold"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-        if self.check_interval is not None and not (
-            math.isfinite(self.check_interval) and 0 < self.check_interval <= self.stall_threshold
-        ):
-            raise ValueError(
-                "check_interval must be positive and at most stall_threshold "
-                f"({self.stall_threshold!r}), not {self.check_interval!r}"
-            )
-        if self.max_stack_depth < 1:
-            raise ValueError(f"max_stack_depth must be at least 1, not {self.max_stack_depth!r}")
-        if self.max_records < 1:
-            raise ValueError(f"max_records must be at least 1, not {self.max_records!r}")
-
-    @property
-    def heartbeat_interval(self) -> float:
-        """Seconds between two heartbeats.
-
-        A stall is measured by the lateness of the first beat after it, which is short of the
-        true length by up to one beat: a tenth of the threshold at most.
-        """
-        return min(self.lag_interval, self.stall_threshold / _BEATS_PER_THRESHOLD)
-
-    @property
-    def effective_check_interval(self) -> float:
-        """Seconds between two looks of the watchdog thread while a stall lasts."""
-        if self.check_interval is None:
-            return self.stall_threshold / 4
-        return self.check_interval
-
-
-@dataclass(frozen=True)
-class StallRecord:
-    """One stall of the loop.
-
-    Attributes:
-        started_at: ``time.monotonic()`` when the loop was due to turn and did not.
-        duration: how long the loop did not turn, in seconds: the lateness of the first
-            heartbeat after the stall, so short by at most one heartbeat interval (a tenth of
-            the threshold); ``None`` while the stall goes on.
-        stack: the formatted stack of the loop thread taken during the stall, innermost frame
-            last; empty when none could be taken.
-        blocking_function: the innermost frame of ``stack`` outside the standard library,
-            asyncio, uvloop, Tornado and this module, as ``module:qualname (file:line)``; the
-            innermost frame when all are internal; :data:`IDLE_POLL` when no code on the loop
-            was running (the process was starved of CPU); empty when there is no stack.
-        seen_live: whether the watchdog saw the stall while it was happening. A stall that
-            ended between two checks, or while C code held the GIL, is only known afterwards.
-        cpu_share: the share of the stall the loop thread spent on a CPU (measured from the
-            beat before the stall to the one after it): near 1 for CPU-bound code, near 0 for
-            a blocking wait (sleep, I/O, a lock); in between when both happened, or when the
-            host starved the process of CPU. ``None`` while ongoing, or when the loop was
-            stopped before it could beat again.
-    """
-
-    started_at: float
-    duration: float | None
-    stack: str
-    blocking_function: str
-    seen_live: bool = True
-    cpu_share: float | None = None
 
 
 class _Beat(NamedTuple):
@@ -607,78 +448,3 @@ def _asyncio_loop(loop: asyncio.AbstractEventLoop | IOLoop | None) -> asyncio.Ab
     if isinstance(inner, asyncio.AbstractEventLoop):
         return inner
     raise TypeError(f"cannot watch {loop!r}: not an asyncio loop nor a Tornado IOLoop")
-
-
-def _internal_prefixes() -> tuple[str, ...]:
-    """Where the frames live that never *are* the blocking code, only what called it."""
-    prefixes = [os.path.abspath(__file__)]
-    stdlib = sysconfig.get_paths().get("stdlib")
-    if stdlib:
-        prefixes.append(os.path.join(os.path.realpath(stdlib), ""))
-        prefixes.append(os.path.join(stdlib, ""))
-    for name in ("uvloop", "tornado", "blockbuster"):
-        module = sys.modules.get(name)
-        file = getattr(module, "__file__", None)
-        if file:
-            prefixes.append(os.path.join(os.path.dirname(file), ""))
-    return tuple(prefixes)
-
-
-def _is_internal(filename: str, prefixes: tuple[str, ...]) -> bool:
-    if filename.startswith("<"):  # <frozen importlib._bootstrap> and the like
-        return True
-    if "site-packages" in filename or "dist-packages" in filename:
-        # A stdlib prefix may contain site-packages (no virtualenv); only named packages count.
-        return any(filename.startswith(p) for p in prefixes if "-packages" in p)
-    return filename.startswith(prefixes)
-
-
-def _describe(frame: types.FrameType, lineno: int) -> str:
-    module = frame.f_globals.get("__name__", "?")
-    code = frame.f_code
-    return f"{module}:{code.co_qualname} ({code.co_filename}:{lineno})"
-
-
-def _dispatch_codes(frame: types.FrameType | None) -> frozenset[types.CodeType]:
-    """The code of the frames that run a callback: ``frame``, the caller of one, and below.
-
-    ``asyncio.events.Handle._run`` is left out: it is on the stack only while a callback runs,
-    so a C function scheduled as a callback (``call_soon(time.sleep, 1)``) is not mistaken for
-    an idle loop. uvloop calls callbacks from C, where that cannot be told apart.
-    """
-    if frame is not None and frame.f_code is asyncio.events.Handle._run.__code__:
-        frame = frame.f_back
-    codes = set()
-    while frame is not None:
-        codes.add(frame.f_code)
-        frame = frame.f_back
-    return frozenset(codes)
-
-
-def _format_stack(
-    frame: types.FrameType, depth: int, dispatch: frozenset[types.CodeType]
-) -> tuple[str, str]:
-    """Format the innermost ``depth`` frames from ``frame`` and name the blocking one.
-
-    ``dispatch`` holds the code of the frames under a heartbeat callback: the loop's own
-    machinery and whatever started it. If the innermost frame, past the ``selectors`` module
-    asyncio polls with, is one of them, no code on the loop is running: :data:`IDLE_POLL`.
-    """
-    # One quick pass first: the thread may move on while we look (not while it is stalled).
-    walked: list[tuple[types.FrameType, int]] = []
-    f: types.FrameType | None = frame
-    while f is not None:
-        walked.append((f, f.f_lineno))
-        f = f.f_back
-    summary = traceback.StackSummary.extract(iter(walked[:depth]), lookup_lines=True)
-    summary.reverse()  # outermost first, as tracebacks read
-    stack = "".join(summary.format()).rstrip("\n")
-
-    inner = next((w for w in walked if w[0].f_globals.get("__name__") != "selectors"), None)
-    if inner is not None and inner[0].f_code in dispatch:
-        return stack, IDLE_POLL
-    prefixes = _internal_prefixes()
-    culprit = next(
-        (w for w in walked if not _is_internal(w[0].f_code.co_filename, prefixes)), walked[0]
-    )
-    return stack, _describe(*culprit)
