@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ import uvicorn
 import uvloop
 from prometheus_client import CollectorRegistry
 from tornado.ioloop import IOLoop
+from waiting import wait_until, wait_until_async
 
 from offloop.watchdog import (
     IDLE_POLL,
@@ -27,6 +29,8 @@ from offloop.watchdog import (
 
 FAST = WatchdogConfig(lag_interval=0.05, stall_threshold=0.1)
 LOGGER_NAME = "offloop.watchdog"
+#: Seconds a test waits for a state it expects (bounds a hang, not a speed claim).
+WAIT = 5.0
 
 Body = Callable[[LoopWatchdog], Awaitable[None]]
 
@@ -93,6 +97,31 @@ def code_stalls(watchdog: LoopWatchdog) -> list[StallRecord]:
     return [r for r in watchdog.records if r.blocking_function not in (IDLE_POLL, "")]
 
 
+async def beating(watchdog: LoopWatchdog) -> None:
+    """Wait until the watchdog's heartbeat runs: it has taken a lag sample."""
+    await wait_until_async(
+        lambda: (watchdog.registry.get_sample_value("offloop_loop_lag_seconds_count") or 0) >= 1,
+        WAIT,
+    )
+
+
+async def stalls_ended(watchdog: LoopWatchdog, stalls: int) -> None:
+    """Wait until the watchdog has seen ``stalls`` stalls blamed on code, and every stall it
+    recorded has ended (the loop turned again and the watchdog noticed)."""
+
+    def ended() -> bool:
+        records = watchdog.records
+        done = all(r.duration is not None for r in records)
+        return done and len(code_stalls(watchdog)) >= stalls
+
+    await wait_until_async(ended, WAIT)
+
+
+async def stalls_counted(watchdog: LoopWatchdog, total: int) -> None:
+    """Wait until ``total`` stalls have ended and been counted."""
+    await wait_until_async(lambda: watchdog.stalls_total == total, WAIT)
+
+
 def assert_counted(watchdog: LoopWatchdog, registry: CollectorRegistry) -> None:
     total = registry.get_sample_value("offloop_loop_stalls_total")
     assert total == watchdog.stalls_total == len(watchdog.records)
@@ -129,9 +158,9 @@ def test_blocking_callback_gives_one_stall_naming_it(
     watchdog = LoopWatchdog(FAST, registry=registry)
 
     async def body(wd: LoopWatchdog) -> None:
-        await asyncio.sleep(0.1)
+        await beating(wd)
         asyncio.get_running_loop().call_soon(blocking_handler)
-        await asyncio.sleep(0.2)  # a beat after the stall ends it
+        await stalls_ended(wd, 1)  # a beat after the stall ends it
 
     with caplog.at_level(logging.WARNING, LOGGER_NAME):
         run(body, watchdog)
@@ -179,11 +208,20 @@ def test_an_idle_loop_is_not_blamed_on_code(run: Callable[[Body, LoopWatchdog], 
     stacks: list[tuple[str, str]] = []
 
     async def body(wd: LoopWatchdog) -> None:
-        await asyncio.sleep(0.05)
+        await beating(wd)
 
         def look() -> tuple[str, str]:
-            time.sleep(0.05)  # by now the loop waits in its poll
-            return wd._loop_stack()
+            # The loop is idle (it awaits this thread): once it is back in its poll, the
+            # stack names no code. The last stack seen is kept for the failure message.
+            seen = [("", "")]
+
+            def idle() -> bool:
+                seen[0] = wd._loop_stack()
+                return seen[0][1] == IDLE_POLL
+
+            with contextlib.suppress(AssertionError):
+                wait_until(idle, WAIT, interval=0.005)
+            return seen[0]
 
         stacks.append(await asyncio.to_thread(look))
 
@@ -216,7 +254,7 @@ def test_tornado_handler(
             for _ in range(1 if stalls else 20):
                 response = await client.fetch(f"http://127.0.0.1:{port}{path}")
                 assert response.code == 200
-            await asyncio.sleep(0.15)
+            await stalls_ended(watchdog, stalls)
         finally:
             server.stop()
             await server.close_all_connections()
@@ -260,11 +298,10 @@ def test_asgi_on_uvicorn_and_uvloop(port: int, path: str, stalls: int) -> None:
         config.load()  # imports modules (blocking file reads): a real stall, but not ours
         async with LoopWatchdog(FAST) as watchdog:
             serving = asyncio.create_task(server.serve())
-            while not server.started:
-                await asyncio.sleep(0.01)
+            await wait_until_async(lambda: server.started, WAIT)
             for _ in range(1 if stalls else 20):
                 assert (await http_get(port, path)).startswith(b"HTTP/1.1 200")
-            await asyncio.sleep(0.15)
+            await stalls_ended(watchdog, stalls)
             server.should_exit = True
             await serving
         return watchdog
@@ -286,16 +323,21 @@ def test_stall_is_counted_even_when_c_code_holds_the_gil(registry: CollectorRegi
 
     async def main() -> None:
         async with LoopWatchdog(FAST, registry=registry) as watchdog:
-            await asyncio.sleep(0.1)
+            await beating(watchdog)
             started = time.perf_counter()
             sum(range(n))
             blocked = time.perf_counter() - started
-            await asyncio.sleep(0.15)
-        # The calibration aims at 0.4 s; a busy machine can make it land shorter, so the
-        # bar is set by how long the loop really was blocked (always above the threshold).
+            # The calibration aims at 0.4 s; a busy machine can make it land shorter, so the
+            # bar is set by how long the loop really was blocked (always above the threshold).
+            bar = min(0.2, 0.8 * blocked)
+
+            def long_stalls() -> list[StallRecord]:
+                return [r for r in watchdog.records if r.duration is not None and r.duration >= bar]
+
+            # The watchdog finds the stall afterwards, through the late beat, at its next look.
+            await wait_until_async(long_stalls, WAIT)
         assert blocked > 2 * FAST.stall_threshold, f"blocked only {blocked:.3f} s"
-        bar = min(0.2, 0.8 * blocked)
-        long = [r for r in watchdog.records if r.duration is not None and r.duration >= bar]
+        long = long_stalls()
         assert len(long) == 1, (blocked, watchdog.records)
         assert long[0].blocking_function == "" or "main" in long[0].blocking_function
 
@@ -309,8 +351,9 @@ def test_paused_loop_is_not_a_stall() -> None:
     watchdog = LoopWatchdog(FAST)
     try:
         watchdog.start(loop)  # before the loop runs
-        loop.run_until_complete(asyncio.sleep(0.1))
+        loop.run_until_complete(beating(watchdog))
         time.sleep(0.3)  # nobody runs the loop: paused, not stalled
+        # Room for a wrong report: the loop runs on a while after the pause.
         loop.run_until_complete(asyncio.sleep(0.2))
     finally:
         watchdog.stop()
@@ -325,10 +368,13 @@ def test_records_are_bounded_and_stacks_can_stay_out_of_the_log(
 
     async def main() -> LoopWatchdog:
         async with LoopWatchdog(config) as watchdog:
-            for _ in range(2):
-                await asyncio.sleep(0.06)
+            await beating(watchdog)
+            for i in range(2):
+                # Two stalls, not one: the first has ended (the loop beat again) before the
+                # second begins.
+                await stalls_counted(watchdog, i)
                 time.sleep(0.2)
-            await asyncio.sleep(0.1)
+            await stalls_counted(watchdog, 2)
         return watchdog
 
     with caplog.at_level(logging.WARNING, LOGGER_NAME):
@@ -361,14 +407,11 @@ def test_thread_ends_by_itself_once_the_loop_is_closed() -> None:
     async def main() -> LoopWatchdog:
         watchdog = LoopWatchdog()
         watchdog.start()
-        await asyncio.sleep(0.05)
+        await beating(watchdog)
         return watchdog  # and forget to stop it
 
     watchdog = asyncio.run(main())  # closes the loop
-    deadline = time.monotonic() + 2
-    while watchdog_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not watchdog_threads()
+    wait_until(lambda: not watchdog_threads(), timeout=WAIT)
     watchdog.stop()
 
 

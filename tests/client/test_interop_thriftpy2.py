@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +16,7 @@ from thriftpy2.protocol import TCompactProtocolFactory, TCyBinaryProtocolFactory
 from thriftpy2.rpc import make_server
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TFramedTransportFactory
+from waiting import wait_until
 
 from offloop.client.config import ClientConfig
 from offloop.client.connection import ThriftConnection
@@ -74,6 +75,15 @@ class ExtraHandler:
         raise TApplicationException(TApplicationException.INTERNAL_ERROR, "failed")
 
 
+def listens(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 @contextmanager
 def thriftpy2_server(service: Any, handler: Any, port: int, protocol: str) -> Iterator[None]:
     """Run thriftpy2's TThreadedServer (framed) on 127.0.0.1:port in a thread; stop it."""
@@ -91,15 +101,7 @@ def thriftpy2_server(service: Any, handler: Any, port: int, protocol: str) -> It
     server.daemon = True
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
-    while True:  # wait until it listens
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+    wait_until(functools.partial(listens, port), timeout=5)
     try:
         yield
     finally:

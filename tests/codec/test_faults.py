@@ -8,6 +8,7 @@ from thriftpy2.thrift import TApplicationException
 
 from offloop.codec.faults import FAULT_TYPES, FaultKind, fault_error, fault_exception, fault_kind
 from offloop.codec.message import MessageCodec
+from offloop.demo.textlab import IDL_PATH
 from offloop.errors import (
     BackendCrashed,
     Blame,
@@ -21,7 +22,7 @@ from offloop.errors import (
 )
 from offloop.idl import load_idl, service_info
 
-IDL = "src/offloop/demo/textlab.thrift"
+IDL = str(IDL_PATH)
 PING = service_info(load_idl(IDL), "TextLab").methods["ping"]
 
 EXPECTED: dict[FaultKind, type[OffloopError]] = {

@@ -14,6 +14,7 @@ from offloop.client.actors import ActorCrashed
 from offloop.client.caller import BackendState
 from offloop.client.errors import NotSentConnectError, NotSentOverloaded
 from offloop.codec.call import EncodeError
+from offloop.demo.textlab import IDL_PATH
 from offloop.errors import (
     BackendCrashed,
     BrokenError,
@@ -37,7 +38,7 @@ from offloop.gateway.core import Gateway, Request
 from offloop.gateway.statuses import STATUS_TABLE, status_for
 from offloop.idl import MethodInfo, load_idl, service_info
 
-IDL = "src/offloop/demo/textlab.thrift"
+IDL = str(IDL_PATH)
 SERVICES = {"TextLab": service_info(load_idl(IDL), "TextLab")}
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from gates import Gate
 from harness import ServerThread, running_worker, worker_config
 from textlab import TextLab
 from textlab.ttypes import InvalidArgument, ParseError
@@ -98,24 +100,27 @@ def test_unknown_method_is_apaches_application_exception(apache: ApacheClient) -
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
-def test_overloaded_is_apaches_application_exception(pool: str) -> None:
+def test_overloaded_is_apaches_application_exception(pool: str, tmp_path: Path) -> None:
     with running_worker(worker_config(pool, workers=1, max_queued=0)) as server:
         busy = ApacheClient(server.port)
         other = ApacheClient(server.port)
-        results: list[float] = []
-        caller = threading.Thread(target=lambda: results.append(busy.client.sleep(500)))
+        results: list[str] = []
+        gate = Gate(tmp_path)
+        # The one worker is held by this call until the gate opens.
+        caller = threading.Thread(target=lambda: results.append(busy.client.ping(gate.message)))
         caller.start()
         try:
-            wait_until(lambda: server.stats().busy == 1, timeout=5)
+            wait_until(lambda: server.stats().busy == 1, timeout=10)
             with pytest.raises(TApplicationException) as info:
                 other.client.ping("refused")
             assert info.value.type == TApplicationException.INTERNAL_ERROR
             assert info.value.message.startswith("overloaded")
         finally:
+            gate.open()
             caller.join(10)
             busy.close()
             other.close()
-        assert results == [500.0]
+        assert results == ["opened"]
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])

@@ -4,15 +4,10 @@
 ``segfault`` dies of SIGSEGV,
 ``raise`` raises ValueError, ``badreturn`` returns a value the IDL cannot encode,
 ``apperror`` raises a TApplicationException, ``pid`` returns the process id and thread
-ident, ``nice`` the niceness of the thread running the call, anything else is echoed.
-``gate:PATH`` waits until the file ``PATH`` exists, then returns ``"opened"`` (see
-:class:`Gate`). ``sleep``/``burn`` wait or spin; ``parse`` raises the declared ParseError
+ident, ``nice`` the niceness of the thread running the call, ``gate:PATH`` waits until
+its :class:`gates.Gate` opens and returns ``"opened"``, anything else is echoed.
+``sleep``/``burn`` wait or spin; ``parse`` raises the declared ParseError
 (``badexc``: one whose fields do not match the IDL, so it cannot be encoded).
-
-A gated call is one a test holds running for as long as it needs, in a thread or a child
-process alike, and then lets finish: what must happen while a call runs (a refusal, a
-deadline, a shutdown) is then checked while the call provably still runs, whatever the
-machine's speed, instead of racing a sleep of a guessed length.
 """
 
 from __future__ import annotations
@@ -22,9 +17,9 @@ import os
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from gates import wait_for_gate
 from thriftpy2.thrift import TApplicationException
 
 from offloop import batched
@@ -32,56 +27,6 @@ from offloop.idl import load_idl
 
 IDL = str(Path(__file__).resolve().parents[2] / "src/offloop/demo/textlab.thrift")
 _t = load_idl(IDL)
-
-#: Seconds a gated call waits at most: a test that fails before it opens its gate does not
-#: leave a thread or a child process waiting for ever.
-GATE_TIMEOUT = 60.0
-#: Seconds between two looks at a gate's file.
-GATE_POLL = 0.005
-
-
-def wait_for_gate(path: str) -> str:
-    """Wait until the file ``path`` exists; ``"opened"``, or ``"gate timeout"`` after
-    ``GATE_TIMEOUT`` seconds."""
-    deadline = time.monotonic() + GATE_TIMEOUT
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return "gate timeout"
-        time.sleep(GATE_POLL)
-    return "opened"
-
-
-class Gate:
-    """Holds the calls given :attr:`message` (``ping``, or a text of a batched ``embed``)
-    until :meth:`open`; a file, so that pool children see it too. As a context manager it
-    opens at the end, whatever happened, so that no call stays held.
-
-    Args:
-        directory: where the gate's file goes (a test's ``tmp_path``).
-        name: tells the gates of one test apart.
-    """
-
-    def __init__(self, directory: Path, name: str = "gate") -> None:
-        self.path = Path(directory) / name
-        self.message = f"gate:{self.path}"
-
-    def open(self) -> None:
-        self.path.touch()
-
-    @property
-    def is_open(self) -> bool:
-        return self.path.exists()
-
-    def __enter__(self) -> Gate:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.open()
 
 
 class Handler:
@@ -129,7 +74,7 @@ class Handler:
 
 class BatchedHandler(Handler):
     """``embed`` is batched; a text ``fail`` makes its whole batch raise, ``slow`` makes it
-    take 2 s, ``gate:PATH`` holds it until its :class:`Gate` opens."""
+    take 2 s, ``gate:PATH`` holds it until its :class:`gates.Gate` opens."""
 
     batches: list[int] = []
 

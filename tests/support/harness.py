@@ -35,7 +35,7 @@ from configs import override
 from prometheus_client.parser import text_string_to_metric_families
 from thriftpy2.rpc import make_client
 from thriftpy2.transport import TFramedTransportFactory
-from waiting import wait_until  # re-exported: the worker suites import it from here
+from waiting import wait_until  # re-exported (tests/worker/test_cli.py imports it from here)
 
 from offloop.codec.framing import FrameDecoder, encode_frame
 from offloop.codec.message import EXCEPTION, Header, MessageCodec, ProtocolName

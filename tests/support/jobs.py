@@ -1,8 +1,9 @@
 """Job functions for the pool tests; child processes import them as ``jobs``.
 
 A job is a ``(command, argument)`` pair: ``("sleep", seconds)`` sleeps and returns the
-seconds, ``("pid", None)`` returns the process id, ``("raise", text)`` raises ValueError,
-anything else returns its argument.
+seconds, ``("gate", path)`` waits for its :class:`gates.Gate` to open and returns
+``"opened"``, ``("pid", None)`` returns the process id, ``("raise", text)`` raises
+ValueError, anything else returns its argument.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import os
 import time
 from typing import Any
 
+from gates import wait_for_gate
+
 
 def run(job: tuple[str, Any]) -> Any:
     command, arg = job
     if command == "sleep":
         time.sleep(arg)
         return arg
+    if command == "gate":
+        return wait_for_gate(arg)
     if command == "pid":
         return os.getpid()
     if command == "raise":

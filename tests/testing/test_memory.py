@@ -8,11 +8,14 @@ import json
 import socket
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import faulty
 import pytest
 from configs import override
+from gates import Gate
+from waiting import wait_until_async
 
 from offloop import AsyncClient, GatewayConfig, WorkerConfig, build_gateway
 from offloop.errors import ConnectError
@@ -95,18 +98,18 @@ def test_gateway_client_and_worker_without_sockets(monkeypatch: pytest.MonkeyPat
     run(main())
 
 
-def test_worker_overload_is_503_with_retry_after() -> None:
+def test_worker_overload_is_503_with_retry_after(tmp_path: Path) -> None:
     async def main() -> None:
         config = worker_config(workers=1, max_queued=0)
         worker = WorkerFor(config, handler=faulty.Handler())
         async with worker, gateway_for(worker) as gateway:
-            slow = asyncio.ensure_future(post(gateway, "sleep", {"millis": 300}))
-            while worker.server.pool.stats().busy == 0:
-                await asyncio.sleep(0.01)
-            refused = await post(gateway, "ping", {"msg": "x"})
-            assert refused.status == 503
-            assert ("retry-after", "1") in refused.headers
-            assert (await slow).status == 200
+            with Gate(tmp_path) as gate:
+                held = asyncio.ensure_future(post(gateway, "ping", {"msg": gate.message}))
+                await wait_until_async(lambda: worker.server.pool.stats().busy == 1, 10)
+                refused = await post(gateway, "ping", {"msg": "x"})
+                assert refused.status == 503
+                assert ("retry-after", "1") in refused.headers
+            assert (await held).status == 200
 
     run(main())
 

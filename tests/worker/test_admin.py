@@ -9,8 +9,10 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from gates import Gate
 from harness import RawClient, ServerThread, metric, nice_of, thrift_client
 from thriftpy2.thrift import TApplicationException
 from waiting import wait_until
@@ -72,7 +74,7 @@ def test_metrics_calls_by_method_and_outcome_and_latency(worker: ServerThread) -
 
 
 def test_metrics_queue_depth_busy_workers_and_restarts(
-    start_worker: StartWorker, pool: str
+    start_worker: StartWorker, pool: str, tmp_path: Path
 ) -> None:
     server = start_worker(workers=1, max_queued=4)
     text = server.metrics()
@@ -80,11 +82,13 @@ def test_metrics_queue_depth_busy_workers_and_restarts(
     assert metric(text, "offloop_worker_busy_workers") == 0
     assert metric(text, "offloop_worker_alive_workers") == 1
     assert metric(text, "offloop_worker_child_restarts_total") == 0
-    with RawClient(server.port) as raw:
-        raw.sock.sendall(b"".join(raw.call_bytes("sleep", seqid, 300) for seqid in (1, 2, 3)))
+    with RawClient(server.port) as raw, Gate(tmp_path) as gate:
+        # Held until the gate opens: one runs, two queue, for as long as the scrape takes.
+        raw.sock.sendall(b"".join(raw.call_bytes("ping", i, gate.message) for i in (1, 2, 3)))
         text = metrics_when(server, offloop_worker_queue_depth=2)
         assert metric(text, "offloop_worker_busy_workers") == 1
         assert metric(text, "offloop_worker_connections") == 1
+        gate.open()
         raw.recv_many(3)
         if pool == "process":
             raw.send("ping", 4, "crash")

@@ -19,7 +19,7 @@ import faulty
 import httpx
 import pytest
 from configs import override
-from faulty import Gate
+from gates import Gate
 from harness import calls_answered
 from waiting import wait_until_async
 
