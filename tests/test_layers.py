@@ -16,7 +16,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "idl": 0,
+    "idl_docs": 0,
     "listen": 0,
+    "logs": 0,
     "batching": 0,
     "codec": 0,
     "runtime": 1,

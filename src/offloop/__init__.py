@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from offloop.app import build_gateway, run, serve_gateway, serve_worker
 from offloop.batching import batched
+from offloop.client.actors import ActorCrashed
 from offloop.client.balancer import HealthConfig
 from offloop.client.config import ClientConfig
 from offloop.client.service_client import AsyncClient, Client
@@ -31,28 +32,34 @@ from offloop.errors import (
     ClosedError,
     ConnectError,
     DeadlineExceeded,
+    EncodeError,
     LocalProtocolError,
     NoBackendError,
     OffloopError,
     Overloaded,
     PayloadTooLarge,
+    PoolTimeout,
+    ReadError,
     RemoteApplicationError,
     RemoteBadRequest,
     RemoteProtocolError,
     ShuttingDown,
     TransportError,
     UnknownMethod,
+    WriteError,
 )
 from offloop.gateway.asgi import ASGIApp
 from offloop.gateway.config import ActorsConfig, FrontConfig, GatewayConfig
 from offloop.gateway.core import Gateway
 from offloop.listen import ListenConfig
+from offloop.runtime.processpool import WorkerStartError
 from offloop.watchdog import LoopWatchdog, StallRecord, WatchdogConfig, watch_tornado
 from offloop.worker.config import AdminConfig, PoolConfig, WorkerConfig, WorkerLimits
 from offloop.worker.server import WorkerServer
 
 __all__ = [
     "ASGIApp",
+    "ActorCrashed",
     "ActorsConfig",
     "AdminConfig",
     "AsyncClient",
@@ -64,6 +71,7 @@ __all__ = [
     "ClosedError",
     "ConnectError",
     "DeadlineExceeded",
+    "EncodeError",
     "FrontConfig",
     "Gateway",
     "GatewayConfig",
@@ -76,6 +84,8 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PoolConfig",
+    "PoolTimeout",
+    "ReadError",
     "RemoteApplicationError",
     "RemoteBadRequest",
     "RemoteProtocolError",
@@ -87,6 +97,8 @@ __all__ = [
     "WorkerConfig",
     "WorkerLimits",
     "WorkerServer",
+    "WorkerStartError",
+    "WriteError",
     "__version__",
     "batched",
     "build_gateway",

@@ -39,6 +39,7 @@ __all__ = [
     "ClosedError",
     "ConnectError",
     "DeadlineExceeded",
+    "EncodeError",
     "LocalProtocolError",
     "NoBackendError",
     "OffloopError",
@@ -70,20 +71,26 @@ class OffloopError(Exception):
     Attributes:
         blame: who is at fault (class attribute; see :class:`Blame`).
         public_message: what may be shown to a client; ``str(exc)`` may hold more detail
-            meant for the log.
+            meant for the log. Unless given, the class's :attr:`PUBLIC` text, or the
+            message itself for classes without one (the caller's own mistakes).
     """
 
     blame: Blame = Blame.OFFLOOP
+    #: What a client sees unless the raiser says otherwise; None: the message itself.
+    PUBLIC: str | None = "internal error"
 
     def __init__(self, message: str, *, public_message: str | None = None) -> None:
         super().__init__(message)
-        self.public_message = message if public_message is None else public_message
+        if public_message is None:
+            public_message = message if self.PUBLIC is None else self.PUBLIC
+        self.public_message = public_message
 
 
 class LocalProtocolError(OffloopError):
     """The caller broke the protocol before anything was sent (bad input, unknown method)."""
 
     blame = Blame.CALLER
+    PUBLIC = None  # the caller needs to know what was wrong with what they sent
 
 
 class PayloadTooLarge(LocalProtocolError):
@@ -100,16 +107,27 @@ class PayloadTooLarge(LocalProtocolError):
         self.limit = limit
 
 
+class EncodeError(OffloopError):
+    """Arguments could not be encoded as the IDL says.
+
+    offloop's fault when the gateway built them from JSON it had validated; the Python
+    clients (:class:`offloop.Client`, :class:`offloop.AsyncClient`) raise
+    :class:`LocalProtocolError` instead, since there the values are the caller's.
+    """
+
+
 class RemoteProtocolError(OffloopError):
     """The peer sent bytes we cannot accept (garbage, oversized or truncated frames)."""
 
     blame = Blame.BACKEND
+    PUBLIC = "bad reply from backend"
 
 
 class TransportError(OffloopError):
     """The network failed; see the phase subclasses."""
 
     blame = Blame.BACKEND
+    PUBLIC = "backend unavailable"
 
 
 class ConnectError(TransportError):
@@ -118,6 +136,8 @@ class ConnectError(TransportError):
 
 class NoBackendError(ConnectError):
     """No backend of the service is reachable."""
+
+    PUBLIC = "no backend available"
 
 
 class ReadError(TransportError):
@@ -136,6 +156,7 @@ class ClosedError(TransportError):
     """The connection or pool was closed by us (shutdown); the call was not made."""
 
     blame = Blame.OFFLOOP
+    PUBLIC = "shutting down"
 
 
 class BrokenError(TransportError):
@@ -149,16 +170,20 @@ class Overloaded(OffloopError):
     """
 
     blame = Blame.BACKEND
+    PUBLIC = "overloaded"
 
 
 class ShuttingDown(Overloaded):
     """The server is draining before it stops: the call was refused, not run."""
+
+    PUBLIC = "shutting down"
 
 
 class DeadlineExceeded(OffloopError):
     """The call's deadline passed before its reply arrived (or before it could start)."""
 
     blame = Blame.BACKEND
+    PUBLIC = "deadline exceeded"
 
 
 class RemoteApplicationError(OffloopError):
@@ -169,6 +194,7 @@ class RemoteApplicationError(OffloopError):
     """
 
     blame = Blame.BACKEND
+    PUBLIC = "backend error"
 
     def __init__(self, message: str, *, type: int = 0, public_message: str | None = None) -> None:
         super().__init__(message, public_message=public_message)

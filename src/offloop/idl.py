@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -17,7 +19,14 @@ import thriftpy2
 
 from offloop.errors import OffloopError
 
-__all__ = ["IdlError", "MethodInfo", "ServiceInfo", "load_idl", "service_info"]
+__all__ = [
+    "IdlError",
+    "MethodInfo",
+    "ServiceInfo",
+    "included_modules",
+    "load_idl",
+    "service_info",
+]
 
 
 class IdlError(OffloopError):
@@ -52,11 +61,20 @@ class MethodInfo:
 
 @dataclass(frozen=True)
 class ServiceInfo:
-    """One Thrift service: its class in the loaded module and its methods by name."""
+    """One Thrift service: its class in the loaded module and its methods by name.
+
+    Attributes:
+        name: the service name.
+        service: the service's class in the loaded module.
+        methods: its methods (inherited ones too), by name.
+        module: the loaded IDL module it was found in, where the OpenAPI document finds the
+            ``.thrift`` files to read doc comments from; ``None`` when unknown.
+    """
 
     name: str
     service: Any
     methods: dict[str, MethodInfo]
+    module: ModuleType | None = field(default=None, repr=False, compare=False)
 
 
 def load_idl(path: str | os.PathLike[str]) -> ModuleType:
@@ -76,6 +94,21 @@ def load_idl(path: str | os.PathLike[str]) -> ModuleType:
         return thriftpy2.load(path, module_name=f"{base}_{digest}_thrift")  # type: ignore[no-any-return]
     except Exception as exc:
         raise IdlError(f"cannot load IDL {path}: {exc}") from exc
+
+
+def included_modules(modules: Iterable[ModuleType]) -> list[ModuleType]:
+    """Loaded IDL modules and those they include, transitively, each once, in include order."""
+    found: list[ModuleType] = []
+    seen: set[int] = set()
+    pending = deque(modules)
+    while pending:
+        module = pending.popleft()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append(module)
+        pending.extend(getattr(module, "__thrift_meta__", {}).get("includes", ()))
+    return found
 
 
 def service_names(module: ModuleType) -> list[str]:
@@ -111,4 +144,4 @@ def service_info(module: ModuleType, name: str) -> ServiceInfo:
             arg_names=arg_names,
             exceptions=exceptions,
         )
-    return ServiceInfo(name=name, service=service, methods=methods)
+    return ServiceInfo(name=name, service=service, methods=methods, module=module)

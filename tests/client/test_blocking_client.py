@@ -24,7 +24,6 @@ from waiting import wait_until_async
 from offloop.client.blocking import BlockingClient
 from offloop.client.config import ClientConfig
 from offloop.client.errors import NotSentClosedError, NotSentConnectError, NotSentError
-from offloop.codec.call import EncodeError
 from offloop.codec.framing import FrameDecoder, encode_frame
 from offloop.codec.message import MessageCodec, ProtocolName
 from offloop.errors import (
@@ -32,6 +31,7 @@ from offloop.errors import (
     BrokenError,
     ClosedError,
     DeadlineExceeded,
+    EncodeError,
     PayloadTooLarge,
     RemoteApplicationError,
     RemoteProtocolError,

@@ -23,13 +23,13 @@ from offloop.client.errors import (
     NotSentOverloaded,
     NotSentWriteError,
 )
-from offloop.codec.call import EncodeError
 from offloop.codec.message import ProtocolName
 from offloop.errors import (
     BrokenError,
     ClosedError,
     ConnectError,
     DeadlineExceeded,
+    EncodeError,
     Overloaded,
     RemoteApplicationError,
     RemoteProtocolError,

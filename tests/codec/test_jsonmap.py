@@ -150,9 +150,10 @@ def test_bool_is_not_an_integer(ttype: int) -> None:
 
 
 @pytest.mark.parametrize("ttype", [TType.BYTE, TType.I16, TType.I32])
-def test_narrow_integers_refuse_strings_and_floats(ttype: int) -> None:
+def test_narrow_integers_refuse_strings_and_fractions(ttype: int) -> None:
     assert error_of(ttype, None, "5").reason == 'expected an integer, got "5"'
-    assert error_of(ttype, None, 5.0).reason == "expected an integer, got 5.0"
+    assert value_from_json(ttype, None, 5.0) == 5  # JSON Schema's integer: 5.0 is one
+    assert error_of(ttype, None, 5.5).reason == "expected an integer, got 5.5"
     assert error_of(ttype, None, [5]).reason == "expected an integer, got an array"
 
 

@@ -34,7 +34,7 @@ ALLTYPES = service_info(m, "AllTypes")
 SECOND = service_info(m, "Second")
 DOC = build_openapi([ALLTYPES, SECOND], exception_status={"Xception2": 409})
 SCHEMAS = DOC["components"]["schemas"]
-STANDARD_ERRORS = ("400", "404", "413", "415", "500", "502", "503", "504")
+STANDARD_ERRORS = ("400", "404", "408", "413", "414", "415", "431", "500", "502", "503", "504")
 
 
 def validator(schema: dict[str, Any], doc: dict[str, Any] = DOC) -> jsonschema.Validator:

@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
+from stub_caller import StubCaller
 
 from offloop.client.actors import ActorCrashed
-from offloop.client.caller import BackendState
 from offloop.client.errors import NotSentConnectError, NotSentOverloaded
-from offloop.codec.call import EncodeError
 from offloop.demo.textlab import IDL_PATH
 from offloop.errors import (
     BackendCrashed,
     BrokenError,
     ClosedError,
     DeadlineExceeded,
+    EncodeError,
     LocalProtocolError,
     NoBackendError,
     OffloopError,
@@ -36,36 +35,10 @@ from offloop.errors import (
 from offloop.gateway.config import GatewayConfig
 from offloop.gateway.core import Gateway, Request
 from offloop.gateway.statuses import STATUS_TABLE, status_for
-from offloop.idl import MethodInfo, load_idl, service_info
+from offloop.idl import load_idl, service_info
 
 IDL = str(IDL_PATH)
 SERVICES = {"TextLab": service_info(load_idl(IDL), "TextLab")}
-
-
-class StubCaller:
-    """A :class:`~offloop.client.caller.Caller` that raises what the test gives it."""
-
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
-
-    async def start(self) -> None:
-        return None
-
-    async def call(
-        self, service: str, method: MethodInfo, args: Any, *, timeout: float, idempotent: bool
-    ) -> Any:
-        if self.error is not None:
-            raise self.error
-        return args.msg
-
-    def ready(self) -> bool:
-        return True
-
-    def backend_states(self) -> list[BackendState]:
-        return []
-
-    async def close(self) -> None:
-        return None
 
 
 # Every row of the table, by an error that should land on it.

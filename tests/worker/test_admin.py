@@ -76,7 +76,8 @@ def test_metrics_calls_by_method_and_outcome_and_latency(worker: ServerThread) -
 def test_metrics_queue_depth_busy_workers_and_restarts(
     start_worker: StartWorker, pool: str, tmp_path: Path
 ) -> None:
-    server = start_worker(workers=1, max_queued=4)
+    # One connection's calls fill the queue: let it hold them all.
+    server = start_worker(workers=1, max_queued=4, max_calls_per_connection=5)
     text = server.metrics()
     assert metric(text, "offloop_worker_queue_depth") == 0
     assert metric(text, "offloop_worker_busy_workers") == 0

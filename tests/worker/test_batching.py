@@ -17,7 +17,8 @@ StartWorker = Callable[..., ServerThread]
 
 @pytest.fixture
 def batched(start_worker: StartWorker) -> ServerThread:
-    return start_worker(handler="faulty:BatchedHandler", max_queued=16)
+    # One connection fills whole batches: let it hold as many calls as the pool admits.
+    return start_worker(handler="faulty:BatchedHandler", max_queued=16, max_calls_per_connection=18)
 
 
 def test_concurrent_calls_are_merged(batched: ServerThread) -> None:

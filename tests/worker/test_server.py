@@ -163,7 +163,8 @@ def test_derived_values_follow_the_fields_they_come_from() -> None:
 
 
 def test_full_queue_is_answered_overloaded_at_once(start_worker: StartWorker) -> None:
-    server = start_worker(workers=1, max_queued=1)
+    # One connection overfills the pool: let it have more calls in progress than it admits.
+    server = start_worker(workers=1, max_queued=1, max_calls_per_connection=3)
     with RawClient(server.port) as raw:
         raw.sock.sendall(b"".join(raw.call_bytes("sleep", seqid, 300) for seqid in (1, 2, 3)))
         first = raw.recv()
@@ -178,8 +179,8 @@ def test_full_queue_is_answered_overloaded_at_once(start_worker: StartWorker) ->
 
 
 def test_nothing_queues_without_bound(start_worker: StartWorker) -> None:
-    server = start_worker(workers=2, max_queued=2)
     n = 12
+    server = start_worker(workers=2, max_queued=2, max_calls_per_connection=n)
     with RawClient(server.port) as raw:
         raw.sock.sendall(b"".join(raw.call_bytes("sleep", i, 300) for i in range(n)))
         replies = raw.recv_many(n)

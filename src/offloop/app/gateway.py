@@ -12,17 +12,21 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
+import resource
 import socket
+import sys
 
 from offloop.app.signals import graceful_exit
 from offloop.client.caller import AsyncCaller, Caller
 from offloop.client.network import TCP, Network
 from offloop.gateway.config import GatewayConfig
+from offloop.gateway.connections import FrontGuard, connection_capacity
 from offloop.gateway.core import Gateway
 from offloop.idl import load_idl, service_info, service_names
 from offloop.listen import ListenConfig
 
-__all__ = ["bind_socket", "build_gateway", "serve_gateway"]
+__all__ = ["bind_socket", "build_gateway", "raise_open_files_limit", "serve_gateway"]
 
 log = logging.getLogger("offloop.gateway")
 
@@ -108,6 +112,13 @@ async def serve_gateway(
     signal exits at once). Stopping refuses new calls, drains calls in flight within
     ``config.grace`` and closes the backends' connections.
 
+    Client connections are held to ``config.front``: at start the soft open-files limit is
+    raised to the hard one (``raise_open_files_limit``), connections are capped at
+    ``max_connections`` and at that limit less ``fd_reserve``
+    (:func:`~offloop.gateway.connections.connection_capacity`), and a
+    :class:`~offloop.gateway.connections.FrontGuard` closes idle and slow ones for as long as
+    the gateway serves.
+
     Args:
         gateway: what :func:`build_gateway` made.
         sock: a socket from :func:`bind_socket` (default: bound here from
@@ -117,6 +128,7 @@ async def serve_gateway(
 
     Raises:
         OSError: the address cannot be bound.
+        ValueError: the open-files limit leaves no descriptor for a client connection.
     """
     config = gateway.config
     if sock is None:
@@ -130,16 +142,72 @@ async def serve_gateway(
         stack.callback(sock.close)
         if stop is None:
             stop = stack.enter_context(graceful_exit())
+        guard = _front_guard(gateway)
         host, port = sock.getsockname()[:2]
-        where = f"gateway ({config.front.server}, {config.mode} mode) on http://{host}:{port}"
-        if config.front.server == "tornado":
-            await _serve_tornado(gateway, sock, ready, stop, where)
+        where = (
+            f"gateway ({config.front.server}, {config.mode} mode) on http://{host}:{port}, "
+            f"at most {guard.capacity} client connections"
+        )
+        guard.start()
+        try:
+            if config.front.server == "tornado":
+                await _serve_tornado(gateway, guard, sock, ready, stop, where)
+            else:
+                await _serve_uvicorn(gateway, guard, sock, ready, stop, where)
+        finally:
+            await guard.stop()
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit (``RLIMIT_NOFILE``) to the hard limit where the system
+    allows it; returns the soft limit in force afterwards (unchanged when it cannot be
+    raised, which is logged)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return sys.maxsize
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, exc)
         else:
-            await _serve_uvicorn(gateway, sock, ready, stop, where)
+            soft = hard
+    return soft
+
+
+def _front_guard(gateway: Gateway) -> FrontGuard:
+    """The guard of the gateway's client connections, capped by the open-files limit."""
+    config = gateway.config
+    front = config.front
+    if front.raise_open_files_limit:
+        open_files = raise_open_files_limit()
+    else:
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if open_files == resource.RLIM_INFINITY:
+            open_files = sys.maxsize
+    # What the gateway itself may hold open: its pools to every backend address, a health
+    # probe each, the actors' connections, and some for the loop, the logs and the listener.
+    addresses = sum(len(addrs) for addrs in config.backends.values())
+    own = addresses * (config.client.pool_size + 1) + _OWN_FILES
+    if config.mode == "actor":
+        own += config.actors.count
+    if own > front.fd_reserve:
+        log.warning(
+            "fd_reserve (%d) may be too few for the gateway's own files and backend "
+            "connections (about %d): raise fd_reserve",
+            front.fd_reserve,
+            own,
+        )
+    return FrontGuard(gateway, connection_capacity(front, open_files))
+
+
+#: Descriptors the gateway holds whatever its backends: listener, loop, logs, a few spare.
+_OWN_FILES = 32
 
 
 async def _serve_tornado(
     gateway: Gateway,
+    guard: FrontGuard,
     sock: socket.socket,
     ready: asyncio.Event | None,
     stop: asyncio.Event,
@@ -147,7 +215,7 @@ async def _serve_tornado(
 ) -> None:
     from offloop.gateway.tornado import make_server
 
-    server = make_server(gateway)
+    server = make_server(gateway, guard)
     server.add_sockets([sock])
     try:
         await gateway.startup()
@@ -163,6 +231,7 @@ async def _serve_tornado(
 
 async def _serve_uvicorn(
     gateway: Gateway,
+    guard: FrontGuard,
     sock: socket.socket,
     ready: asyncio.Event | None,
     stop: asyncio.Event,
@@ -171,12 +240,18 @@ async def _serve_uvicorn(
     import uvicorn
 
     from offloop.gateway.asgi import ASGIApp
+    from offloop.gateway.uvicorn_protocol import protocol_class
 
     config = gateway.config
     uconfig = uvicorn.Config(
         ASGIApp(gateway),
         loop="none",
-        http="httptools",
+        # httptools, held to the front's limits (uvicorn's own protocol bounds no head).
+        http=protocol_class(guard),
+        # Websockets are not served: no upgrade to a protocol without these limits.
+        ws="none",
+        # The guard closes idle connections; uvicorn's own keep-alive timer is a backstop.
+        timeout_keep_alive=math.ceil(config.front.idle_timeout),
         lifespan="on",
         access_log=False,
         log_level="warning",

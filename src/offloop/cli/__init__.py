@@ -18,35 +18,36 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from offloop import __version__
 from offloop.app import build_gateway, run, serve_gateway, serve_worker
-from offloop.cli.commands import COMMANDS, UP, reference
-from offloop.cli.settings import ENV_PREFIX, SettingsError, Sources, load_file
+from offloop.cli.commands import COMMANDS, LOG_OPTIONS, UP, LogOption, reference
+from offloop.cli.settings import (
+    ENV_PREFIX,
+    SettingsError,
+    Sources,
+    load_file,
+    plain_text,
+    show_value,
+)
 from offloop.demo.up import DemoConfig, demo_gateway, demo_worker, run_demo
 from offloop.errors import OffloopError
 from offloop.gateway.config import GatewayConfig
+from offloop.logs import LOG_FORMAT, LogConfig, configure_logging
 from offloop.worker.config import WorkerConfig
 
 __all__ = ["LOG_FORMAT", "Invocation", "build_parser", "main", "parse"]
 
 log = logging.getLogger("offloop")
 
-#: How the command logs: time, level, logger and process, as a worker's children log too.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-DEFAULT_LOG_LEVEL = "INFO"
-
-#: The environment variables of the options every command takes.
+#: The environment variable of ``--config``.
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
-LOG_LEVEL_ENV = ENV_PREFIX + "LOG_LEVEL"
 
 #: The keys a config file may have at its top level besides the commands' tables.
-TOP_KEYS = ("log_level",)
+TOP_KEYS = tuple(option.key for option in LOG_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,20 @@ class Invocation:
 
     Attributes:
         command: ``worker``, ``gateway``, ``up`` or ``config-reference``.
-        log_level: the logging level's name (``INFO``).
+        log: how the process logs (level, format, repeat window, access log).
         worker: the worker's config (``worker``; ``up``: the demo worker's).
         gateway: the gateway's config (``gateway``; ``up``: the demo gateway's).
     """
 
     command: str
-    log_level: str = DEFAULT_LOG_LEVEL
+    log: LogConfig = field(default_factory=LogConfig)
     worker: WorkerConfig | None = None
     gateway: GatewayConfig | None = None
+
+    @property
+    def log_level(self) -> str:
+        """The logging level's name (``INFO``): ``log.level``."""
+        return self.log.level
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +81,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and ``--log-level``, accepted before and after the command."""
+    """``--config`` and the logging options, accepted before and after the command."""
     group = parser.add_argument_group("every command")
     group.add_argument(
         "--config",
@@ -84,13 +90,28 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help=f"TOML file of settings, one table per command ([worker], [gateway], [up]); "
         f"environment {CONFIG_ENV}",
     )
-    group.add_argument(
-        "--log-level",
-        default=argparse.SUPPRESS,
-        metavar="LEVEL",
-        help=f"{', '.join(LOG_LEVELS)} (default: {DEFAULT_LOG_LEVEL}); environment "
-        f"{LOG_LEVEL_ENV}, or log_level at the top of the config file",
-    )
+    for option in LOG_OPTIONS:
+        text = plain_text(option.doc).removesuffix(".")
+        help_text = (
+            f"{text} (default: {show_value(option.default)}; environment {option.env}, "
+            f"or {option.key} at the top of the config file)"
+        ).replace("%", "%%")
+        if option.kind.boolean:
+            group.add_argument(
+                option.option,
+                dest=option.dest,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                option.option,
+                dest=option.dest,
+                default=argparse.SUPPRESS,
+                metavar=option.shown,
+                help=help_text,
+            )
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -167,19 +188,19 @@ def _parse(
     if name not in commands:
         return Invocation(name)
     try:
-        level_flag = flags.pop("log_level", None)
+        log_flags = {o.dest: flags.pop(o.dest) for o in LOG_OPTIONS if o.dest in flags}
         sources = _sources(flags, environ)
-        level = _log_level(level_flag, sources)
+        logs = _log_config(log_flags, sources)
         schema = COMMANDS[name][0]
         values = schema.values(sources)
         if name == "worker":
-            return Invocation(name, level, worker=schema.build(WorkerConfig, values))
+            return Invocation(name, logs, worker=schema.build(WorkerConfig, values))
         if name == "gateway":
-            return Invocation(name, level, gateway=schema.build(GatewayConfig, values))
+            return Invocation(name, logs, gateway=schema.build(GatewayConfig, values))
         demo = UP.build(DemoConfig, values)
         gateway = UP.build(GatewayConfig, values, lambda **kw: demo_gateway(demo, **kw))
         return Invocation(
-            name, level, worker=demo_worker(demo, grace=gateway.grace), gateway=gateway
+            name, logs, worker=demo_worker(demo, grace=gateway.grace), gateway=gateway
         )
     except SettingsError as exc:
         commands[name].error(str(exc))
@@ -204,19 +225,37 @@ def _sources(flags: dict[str, Any], environ: Mapping[str, str]) -> Sources:
     return Sources(flags, environ, file, path)
 
 
-def _log_level(flag: str | None, sources: Sources) -> str:
-    """The log level: flag, environment, file, default; each given value checked."""
-    given: list[tuple[str, object]] = []
-    if flag is not None:
-        given.append(("--log-level", flag))
-    if sources.environ.get(LOG_LEVEL_ENV):
-        given.append((f"environment {LOG_LEVEL_ENV}", sources.environ[LOG_LEVEL_ENV]))
-    if "log_level" in sources.file:
-        given.append((f"{sources.file_name} log_level", sources.file["log_level"]))
-    for label, value in given:
-        if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
-            raise SettingsError(f"{label}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    return str(given[0][1]).upper() if given else DEFAULT_LOG_LEVEL
+def _log_config(flags: Mapping[str, Any], sources: Sources) -> LogConfig:
+    """How the process logs: per option, flag, then environment, then file, then default;
+    every value given checked, even one that a higher source overrides."""
+    values = {}
+    for option in LOG_OPTIONS:
+        given = _log_values(option, flags, sources)
+        if given:
+            values[option.field] = given[0]
+    return LogConfig(**values)
+
+
+def _log_values(option: LogOption, flags: Mapping[str, Any], sources: Sources) -> list[Any]:
+    """The option's value in each source that gives it, highest first, each checked by its
+    kind and by ``LogConfig``."""
+    found: list[Any] = []
+
+    def read(label: str, convert: Callable[[], Any]) -> None:
+        try:
+            found.append(getattr(LogConfig(**{option.field: convert()}), option.field))
+        except ValueError as exc:
+            raise SettingsError(f"{label}: {exc}") from None
+
+    if option.dest in flags:
+        read(option.option, lambda: option.kind.from_flag(flags[option.dest]))
+    text = sources.environ.get(option.env, "")
+    if text:
+        read(f"environment {option.env}", lambda: option.kind.from_env(text))
+    if option.key in sources.file:
+        value = sources.file[option.key]
+        read(f"{sources.file_name} {option.key}", lambda: option.kind.from_toml(value))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if invocation.command == "config-reference":
         sys.stdout.write(reference())
         return 0
-    logging.basicConfig(level=invocation.log_level, format=LOG_FORMAT)
+    configure_logging(invocation.log)
     try:
         return _run(invocation, commands[invocation.command])
     except KeyboardInterrupt:  # Ctrl-C outside the serving loop (start-up, clean-up)
@@ -251,7 +290,7 @@ def _run(invocation: Invocation, parser: argparse.ArgumentParser) -> int:
             run(serve_gateway(gateway))
         else:
             assert invocation.gateway is not None and invocation.worker is not None
-            return run_demo(invocation.gateway, invocation.worker)
+            return run_demo(invocation.gateway, invocation.worker, log=invocation.log)
     except (OffloopError, ImportError, OSError) as exc:  # start-up failed: say why, once
         log.error("%s failed to start: %s", invocation.command, exc)
         return 1

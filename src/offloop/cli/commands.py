@@ -9,16 +9,39 @@ TOML key, help, default) comes from the dataclasses (:mod:`offloop.cli.settings`
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from offloop.cli.kinds import Kind, Pairs, toml_strings
-from offloop.cli.settings import Schema, Special, Tree, markdown_table
+from offloop.cli.kinds import Bool, Choice, Float, Kind, Pairs, toml_strings
+from offloop.cli.settings import (
+    ENV_PREFIX,
+    Schema,
+    Special,
+    Tree,
+    attribute_docs,
+    markdown_table,
+    markdown_text,
+    show_value,
+)
 from offloop.demo.up import DemoConfig
 from offloop.gateway.config import GatewayConfig, parse_backend
+from offloop.logs import LOG_FORMATS, LOG_LEVELS, LogConfig
 from offloop.worker.config import WorkerConfig
 
-__all__ = ["COMMANDS", "GATEWAY", "UP", "WORKER", "Backends", "HandlerSpec", "reference"]
+__all__ = [
+    "COMMANDS",
+    "GATEWAY",
+    "LOG_OPTIONS",
+    "UP",
+    "WORKER",
+    "Backends",
+    "HandlerSpec",
+    "LogLevel",
+    "LogOption",
+    "reference",
+]
 
 
 class Backends(Kind):
@@ -111,6 +134,96 @@ COMMANDS: dict[str, tuple[Schema, str]] = {
     "up": (UP, "run the demo: a textlab worker and a gateway in front"),
 }
 
+
+class LogLevel(Kind):
+    """``LogConfig.level``: a level's name, whatever its case."""
+
+    def metavar(self, flag: str) -> str:
+        return "LEVEL"
+
+    def from_text(self, text: str) -> str:
+        return self.from_toml(text)
+
+    def from_toml(self, value: object) -> str:
+        if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return value.upper()
+
+
+@dataclass(frozen=True)
+class LogOption:
+    """One field of :class:`~offloop.logs.LogConfig`, an option of every command (before or
+    after it), read by hand: its TOML key sits at the top of the file, not in a command's table.
+
+    Attributes:
+        field: the ``LogConfig`` field.
+        flag: the flag's name without ``--``; the environment variable is ``OFFLOOP_`` and
+            the flag's name in upper snake case.
+        key: the key at the top of the config file.
+        kind: how its values are read.
+        metavar: what ``--help`` shows for its value (``None``: the kind's).
+    """
+
+    field: str
+    flag: str
+    key: str
+    kind: Kind
+    metavar: str | None = None
+
+    @property
+    def option(self) -> str:
+        """The flag, ``--log-level``."""
+        return f"--{self.flag}"
+
+    @property
+    def shown(self) -> str:
+        """What ``--help`` shows for its value."""
+        return self.metavar or self.kind.metavar(self.flag)
+
+    @property
+    def env(self) -> str:
+        """The environment variable, ``OFFLOOP_LOG_LEVEL``."""
+        return ENV_PREFIX + self.flag.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        """Where argparse stores the flag's value."""
+        return f"log:{self.field}"
+
+    @property
+    def default(self) -> object:
+        """``LogConfig``'s default."""
+        return next(f.default for f in dataclasses.fields(LogConfig) if f.name == self.field)
+
+    @property
+    def doc(self) -> str:
+        """Its help: the field's entry in ``LogConfig``'s docstring."""
+        return attribute_docs(LogConfig)[self.field]
+
+
+#: How the process logs (:class:`~offloop.logs.LogConfig`): options every command takes.
+LOG_OPTIONS = (
+    LogOption("level", "log-level", "log_level", LogLevel()),
+    LogOption("format", "log-format", "log_format", Choice(LOG_FORMATS)),
+    LogOption("repeat_window", "log-repeat-window", "log_repeat_window", Float(), "SECONDS"),
+    LogOption("access_log", "access-log", "access_log", Bool()),
+)
+
+
+def _log_option_row(option: LogOption) -> tuple[str, str, str, str, str]:
+    if option.kind.boolean:
+        flag = f"`{option.option}`, `--no-{option.flag}`"
+    else:
+        flag = f"`{option.option} {option.shown}`"
+    return (
+        flag,
+        f"`{option.env}`",
+        f"`{option.key}` (top level)",
+        f"`{show_value(option.default)}`",
+        markdown_text(option.doc),
+    )
+
+
 #: The options every command takes: flag, variable, TOML key, default, meaning.
 COMMON_OPTIONS = (
     (
@@ -120,14 +233,7 @@ COMMON_OPTIONS = (
         "none",
         "the TOML file to read settings from",
     ),
-    (
-        "`--log-level LEVEL`",
-        "`OFFLOOP_LOG_LEVEL`",
-        "`log_level` (top level)",
-        "`INFO`",
-        "`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL` (case does not matter); "
-        "before or after the command",
-    ),
+    *(_log_option_row(option) for option in LOG_OPTIONS),
 )
 
 

@@ -62,8 +62,11 @@ T = TypeVar("T")
 #: Every environment variable offloop reads starts with this.
 ENV_PREFIX = "OFFLOOP_"
 
-#: Flag names that the command line itself uses, so no setting may take them.
-RESERVED_FLAGS = frozenset({"help", "version", "config", "log-level"})
+#: Flag names that the command line itself uses, so no setting may take them (the logging
+#: options are ``offloop.cli.commands.LOG_OPTIONS``).
+RESERVED_FLAGS = frozenset(
+    {"help", "version", "config", "log-level", "log-format", "log-repeat-window", "access-log"}
+)
 
 
 class SettingsError(Exception):

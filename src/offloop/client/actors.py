@@ -54,7 +54,13 @@ import pykka
 
 from offloop.client.balancer import Backend, Balancer, HealthConfig
 from offloop.client.blocking import BlockingClient
-from offloop.client.caller import BackendState, all_ready, backend_states, call_with_retries
+from offloop.client.caller import (
+    BackendState,
+    all_ready,
+    backend_states,
+    call_with_retries,
+    saturated,
+)
 from offloop.client.config import ClientConfig
 from offloop.client.errors import NotSentClosedError, NotSentOverloaded
 from offloop.errors import ClosedError, DeadlineExceeded, NoBackendError, OffloopError
@@ -84,8 +90,6 @@ class ActorCrashed(OffloopError):
     actor's queued calls, never sent, fail with ``NotSentOverloaded`` instead (503, may be
     retried elsewhere).
     """
-
-    status_hint = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message, public_message="internal error: actor failed")
@@ -555,6 +559,10 @@ class ActorCaller:
     def ready(self) -> bool:
         """Whether every service has a backend that is up."""
         return all_ready(self._balancers)
+
+    def saturated(self, service: str) -> bool:
+        """Whether every backend of ``service`` that is up is at its learned limit."""
+        return saturated(self._balancers, service)
 
     def backend_states(self) -> list[BackendState]:
         """Each backend's health and the calls its actors hold."""

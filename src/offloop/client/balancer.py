@@ -9,7 +9,29 @@ State machine of a backend:
 
 Up backends are probed every ``probe_max`` seconds too, so one that dies while idle is out
 within ``probe_max`` + ``connect_timeout`` seconds, and a recovered one is back within
-``probe_max`` seconds (both within 2 s by default).
+``probe_max`` seconds (both within 2 s by default). A backend that comes up, and an up
+backend whose probe succeeds, is handed to ``on_up`` (loop mode opens its pool's connections
+there, so that a burst right after a restart finds them open).
+
+Capacity. A worker refuses calls beyond its admission at once (``Overloaded``), but each
+refusal still costs a round trip; in a storm of callers that do not back off, the refusals
+alone can use more CPU than the calls. So each backend also learns how many calls it admits
+at once (:class:`Capacity`), by additive increase and a decrease to what was in flight at a
+refusal (AIMD, as TCP finds its window):
+
+- unknown at first (and again after the backend was down, or after ``FORGET_AFTER`` seconds
+  in which it neither refused a call nor had its limit reached): no limit;
+- a call refused by the backend that was sent while ``n`` other calls were in flight to it:
+  the limit becomes ``max(1, n)`` if that is lower (counted when the call was sent, not when
+  its refusal is read: by then calls ahead of it may have ended, and a busy gateway would
+  learn too low a limit);
+- a call answered while the limit was reached: one more after ``limit`` of them.
+
+:meth:`Balancer.pick` skips an up backend at its limit, and :meth:`Balancer.saturated` says
+that every up backend is at its limit, so that the caller can refuse at once. Refusals that
+say nothing about the backend's capacity (one of our own limits, a worker shutting down) do
+not count. The limit is an estimate the balancer picks by, not a limiter: the bounds are the
+targets' own :class:`~offloop.runtime.limiter.Limiter` objects and the worker's admission.
 """
 
 from __future__ import annotations
@@ -18,15 +40,22 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 from offloop.client.network import TCP, Network
 
-__all__ = ["Backend", "Balancer", "HealthConfig", "Target"]
+__all__ = ["FORGET_AFTER", "Backend", "Balancer", "Capacity", "HealthConfig", "Target"]
 
 log = logging.getLogger("offloop.balancer")
+
+#: Seconds in which a backend neither refused a call nor had its learned limit reached, after
+#: which the limit is forgotten: a backend restarted or resized unnoticed (between two health
+#: probes) gets its full capacity back without waiting for additive increase. While a storm
+#: keeps the limit reached it is kept: forgetting it then would only let a flood through.
+FORGET_AFTER = 10.0
 
 
 class _Probe(asyncio.Protocol):
@@ -77,6 +106,54 @@ class HealthConfig:
             raise ValueError("connect_timeout must be positive")
 
 
+class Capacity:
+    """How many calls a backend admits at once, as learned from its refusals (see the module
+    docstring). ``limit`` is None while unknown.
+
+    Attributes:
+        limit: calls that may be in flight to the backend; None: not known, no limit.
+        pressed_at: ``time.monotonic()`` of the last refusal, or of the last time the limit
+            was seen reached (0.0: never).
+    """
+
+    __slots__ = ("_credit", "limit", "pressed_at")
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+        self.pressed_at = 0.0
+        self._credit = 0  # answered calls at the limit since it last moved
+
+    def has_room(self, in_flight: int) -> bool:
+        """Whether one more call may go to the backend with ``in_flight`` calls there."""
+        return self.limit is None or in_flight < self.limit
+
+    def refused(self, in_flight: int, now: float = 0.0) -> None:
+        """The backend refused a call sent while ``in_flight`` other calls were in flight to
+        it (``now``: when, by ``time.monotonic()``)."""
+        limit = max(1, in_flight)
+        if self.limit is None or limit < self.limit:
+            self.limit = limit
+        self.pressed_at = now
+        self._credit = 0
+
+    def succeeded(self, in_flight: int) -> None:
+        """The backend answered a call while ``in_flight`` other calls were in flight to it."""
+        if self.limit is None or in_flight + 1 < self.limit:
+            return  # below the limit: says nothing about room beyond it
+        self._credit += 1
+        if self._credit >= self.limit:
+            self.limit += 1
+            self._credit = 0
+
+    def reset(self) -> None:
+        """Forget the limit (the backend went away, or has been quiet for long)."""
+        self.limit = None
+        self._credit = 0
+
+    def __repr__(self) -> str:
+        return f"Capacity(limit={self.limit})"
+
+
 class Backend:
     """One backend address and its client; ``state`` is ``up`` or ``down``."""
 
@@ -86,6 +163,7 @@ class Backend:
         self.target = target
         self.state = "up"
         self.failures = 0
+        self.capacity = Capacity()
         self._delay = 0.0
 
     @property
@@ -96,8 +174,19 @@ class Backend:
     def up(self) -> bool:
         return self.state == "up"
 
+    @property
+    def has_room(self) -> bool:
+        """Whether the backend is up and below its learned limit."""
+        if self.state != "up":
+            return False
+        limit = self.capacity.limit  # read first: without one, in_flight need not be summed
+        return limit is None or self.target.in_flight < limit
+
     def __repr__(self) -> str:
-        return f"Backend({self.address}, {self.state}, in_flight={self.target.in_flight})"
+        return (
+            f"Backend({self.address}, {self.state}, in_flight={self.target.in_flight}, "
+            f"limit={self.capacity.limit})"
+        )
 
 
 class Balancer:
@@ -108,6 +197,9 @@ class Balancer:
         health: probe timings.
         rng: random source (seedable in tests).
         network: how probes connect (TCP by default).
+        on_up: called with each backend when probing starts, when it comes back up, and
+            after each successful probe of it (loop mode opens its pool's connections); it
+            must not block, and must own any task it starts.
     """
 
     def __init__(
@@ -117,6 +209,7 @@ class Balancer:
         *,
         rng: random.Random | None = None,
         network: Network = TCP,
+        on_up: Callable[[Backend], None] | None = None,
     ) -> None:
         if not backends:
             raise ValueError("at least one backend is needed")
@@ -124,14 +217,16 @@ class Balancer:
         self.health = health or HealthConfig()
         self._rng = rng or random.Random()
         self._network = network
+        self._on_up = on_up
         self._task: asyncio.Task[None] | None = None
 
     def pick(self, exclude: Sequence[Backend] = ()) -> Backend | None:
-        """Two random healthy backends not in ``exclude``; the one with fewer calls in flight.
+        """Two random healthy backends with room, not in ``exclude``; the one with fewer
+        calls in flight.
 
-        Returns None when no healthy backend is left.
+        Returns None when no healthy backend below its learned limit is left.
         """
-        healthy = [b for b in self.backends if b.up and b not in exclude]
+        healthy = [b for b in self.backends if b.has_room and b not in exclude]
         if len(healthy) <= 1:
             return healthy[0] if healthy else None
         a, b = self._rng.sample(healthy, 2)
@@ -140,9 +235,67 @@ class Balancer:
     def any_up(self) -> bool:
         return any(b.up for b in self.backends)
 
+    def saturated(self, exclude: Sequence[Backend] = ()) -> bool:
+        """Whether some backend not in ``exclude`` is up and every such one is at its learned
+        limit: a call now would be refused, so refuse it here. (Asked before every call:
+        no list is built.)"""
+        any_up = False
+        for b in self.backends:
+            if b.state != "up" or b in exclude:
+                continue
+            if b.has_room:
+                return False
+            any_up = True
+        return any_up
+
+    # -- what calls teach ------------------------------------------------------------------
+
+    def refused(self, backend: Backend, in_flight: int) -> None:
+        """The backend refused a call for want of capacity (its admission was full); the call
+        was sent while ``in_flight`` others were in flight to the backend."""
+        cap = backend.capacity
+        before = cap.limit
+        cap.refused(in_flight, time.monotonic())
+        if cap.limit != before:
+            log.log(
+                logging.INFO if before is None else logging.DEBUG,
+                "backend %s refused a call: at most %d calls in flight to it from now on",
+                backend.address,
+                cap.limit,
+            )
+
+    def answered(self, backend: Backend) -> None:
+        """The backend ran a call (answered it, whatever the outcome); the call is no longer
+        counted in its target's ``in_flight``."""
+        backend.capacity.succeeded(backend.target.in_flight)
+
+    def forget_quiet_limits(self, now: float, quiet: float = FORGET_AFTER) -> None:
+        """Note the backends at their limit now; forget the limits of those that have been
+        neither at it nor refusing for ``quiet`` seconds (``now`` by ``time.monotonic()``).
+        Called by the probe loop, often enough to see a storm hold a limit reached."""
+        for b in self.backends:
+            cap = b.capacity
+            if cap.limit is None:
+                continue
+            if b.target.in_flight >= cap.limit:
+                cap.pressed_at = now
+            elif now - cap.pressed_at >= quiet:
+                log.info(
+                    "backend %s: neither refusing nor at its limit of %d for %.0f s, the limit "
+                    "is forgotten",
+                    b.address,
+                    cap.limit,
+                    quiet,
+                )
+                cap.reset()
+
+    # -- health ----------------------------------------------------------------------------
+
     def mark_down(self, backend: Backend, reason: str) -> None:
-        """Take a backend out of rotation until a probe succeeds."""
+        """Take a backend out of rotation until a probe succeeds; forget its limit (it may
+        come back another size)."""
         backend.failures += 1
+        backend.capacity.reset()
         if backend.up:
             log.warning("backend %s is down: %s", backend.address, reason)
             backend.state = "down"
@@ -151,8 +304,11 @@ class Balancer:
     def mark_up(self, backend: Backend) -> None:
         if not backend.up:
             log.info("backend %s is back up", backend.address)
+            backend.capacity.reset()
         backend.state = "up"
         backend._delay = 0.0
+        if self._on_up is not None:
+            self._on_up(backend)
 
     async def probe(self, backend: Backend) -> bool:
         """Try to connect to the backend; True if it accepted (the connection is closed)."""
@@ -167,9 +323,14 @@ class Balancer:
         return True
 
     def start(self) -> None:
-        """Start probing in the background (call on the loop that serves calls)."""
+        """Start probing in the background (call on the loop that serves calls), and hand
+        every backend to ``on_up``."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._probe_loop())
+            if self._on_up is not None:
+                for backend in self.backends:
+                    if backend.up:
+                        self._on_up(backend)
 
     async def _probe_backend(self, backend: Backend, now: float, due: dict[Backend, float]) -> None:
         ok = await self.probe(backend)
@@ -202,6 +363,7 @@ class Balancer:
             for b in self.backends:
                 if not b.up and due[b] > now + b._delay:
                     due[b] = now + b._delay
+            self.forget_quiet_limits(time.monotonic())
             ready = [b for b in self.backends if due[b] <= now]
             if ready:
                 results = await asyncio.gather(

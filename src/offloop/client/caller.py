@@ -11,9 +11,18 @@ Retry policy, shared by both through :func:`call_with_retries`:
   :class:`~offloop.errors.ShuttingDown`, or a connection or actor at its limit) did not run
   it: try the next backend, each at most once; when every backend refused, raise
   :class:`~offloop.errors.Overloaded`;
+- a backend at the limit the balancer learned from its refusals is not tried at all; when
+  every backend that is up is at its limit, the call is refused at once, without a round
+  trip (``NotSentOverloaded``, 503 with ``Retry-After``): see
+  :mod:`offloop.client.balancer`. The outcome of each attempt teaches the balancer: a
+  refusal by the backend itself lowers its limit, an answered call may raise it;
 - a call that could not be *sent* (connect failed, connection already broken) is retried
   once on another backend;
 - a call already sent is never retried, unless its method is declared idempotent.
+
+A caller may also offer ``saturated(service)`` (:class:`Shedding`), which the gateway asks
+before it even parses a request, so that a storm of calls nobody can take costs it as little
+as possible.
 """
 
 from __future__ import annotations
@@ -21,11 +30,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from offloop.client.balancer import Backend, Balancer, HealthConfig
 from offloop.client.config import ClientConfig
-from offloop.client.errors import NotSentError
+from offloop.client.errors import NotSentError, NotSentOverloaded
 from offloop.client.network import TCP, Network
 from offloop.client.pool import ConnectionPool
 from offloop.errors import (
@@ -33,29 +42,48 @@ from offloop.errors import (
     ConnectError,
     DeadlineExceeded,
     NoBackendError,
+    OffloopError,
     Overloaded,
+    RemoteApplicationError,
+    ShuttingDown,
     TransportError,
 )
 from offloop.idl import MethodInfo
 
 __all__ = [
+    "AT_LIMIT",
     "AsyncCaller",
     "BackendState",
     "Caller",
+    "Shedding",
     "all_ready",
     "backend_states",
     "call_with_retries",
+    "saturated",
+    "shedding",
 ]
+
+#: What a client sees when a call is refused because every backend is full.
+AT_LIMIT = "overloaded: every backend is at its limit"
 
 
 @dataclass(frozen=True)
 class BackendState:
-    """One backend as reported by ``/metrics`` and ``/readyz``."""
+    """One backend as reported by ``/metrics`` and ``/readyz``.
+
+    Attributes:
+        service: the service it serves.
+        address: ``host:port``.
+        up: whether it is in rotation.
+        in_flight: calls in flight to it now.
+        limit: the calls in flight it admits, as learned from its refusals; None: unknown.
+    """
 
     service: str
     address: str
     up: bool
     in_flight: int
+    limit: int | None = None
 
 
 class Caller(Protocol):
@@ -87,15 +115,48 @@ class Caller(Protocol):
     async def close(self) -> None: ...
 
 
+class Shedding(Protocol):
+    """What a :class:`Caller` may also offer: whether a call to ``service`` would be refused
+    at once now. The gateway asks before parsing a request, to refuse it as cheaply as it can.
+    """
+
+    def saturated(self, service: str) -> bool:
+        """Whether ``service`` has a backend up and every one that is up is at its learned
+        limit (:meth:`Balancer.saturated`)."""
+
+
 def all_ready(balancers: Mapping[str, Balancer]) -> bool:
     """Whether every service has a backend that is up (:meth:`Caller.ready`)."""
     return all(b.any_up() for b in balancers.values())
 
 
+def shedding(caller: Caller) -> Callable[[str], bool]:
+    """How to ask ``caller`` whether a call to a service would be refused at once now: its
+    own ``saturated`` if it offers one (:class:`Shedding`), else the same answer read from
+    its :meth:`~Caller.backend_states` (a little slower: a list per call)."""
+    offered = getattr(caller, "saturated", None)
+    if callable(offered):
+        return cast(Callable[[str], bool], offered)
+
+    def from_states(service: str) -> bool:
+        up = [s for s in caller.backend_states() if s.service == service and s.up]
+        return bool(up) and all(s.limit is not None and s.in_flight >= s.limit for s in up)
+
+    return from_states
+
+
+def saturated(balancers: Mapping[str, Balancer], service: str) -> bool:
+    """:meth:`Shedding.saturated` for callers built on balancers (False for an unknown
+    service: its call fails on its own)."""
+    balancer = balancers.get(service)
+    return balancer is not None and balancer.saturated()
+
+
 def backend_states(balancers: Mapping[str, Balancer]) -> list[BackendState]:
-    """Each backend of each service, with its health and its target's calls in flight."""
+    """Each backend of each service, with its health, its target's calls in flight, and its
+    learned limit."""
     return [
-        BackendState(service, b.address, b.up, b.target.in_flight)
+        BackendState(service, b.address, b.up, b.target.in_flight, b.capacity.limit)
         for service, balancer in balancers.items()
         for b in balancer.backends
     ]
@@ -114,7 +175,14 @@ async def call_with_retries(
     idempotent: bool,
 ) -> Any:
     """Run ``attempt(backend, remaining_timeout)`` on picked backends, by the retry policy
-    in the module docstring."""
+    in the module docstring.
+
+    Raises:
+        NotSentOverloaded: every backend that is up is at its learned limit (nothing tried).
+        Overloaded: every backend tried refused the call, and no other one has room.
+        NoBackendError: no backend is up.
+        Exception: what the last attempt raised (see :meth:`Caller.call`).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     tried: list[Backend] = []
@@ -124,12 +192,16 @@ async def call_with_retries(
     while True:
         backend = balancer.pick(exclude=tried)
         if backend is None:
-            if overloaded and overloaded == len(tried):
-                err = Overloaded(
-                    f"every backend of {service} refused the call: {last}",
-                    public_message="overloaded: every backend is at its limit",
-                )
-                raise err from last
+            if overloaded == len(tried) and (overloaded or balancer.saturated(tried)):
+                if not tried:
+                    raise NotSentOverloaded(
+                        f"every backend of {service} is at its limit: call refused unsent",
+                        public_message=AT_LIMIT,
+                    )
+                raise Overloaded(
+                    f"every backend of {service} refused the call or is at its limit: {last}",
+                    public_message=AT_LIMIT,
+                ) from last
             if last is not None:
                 raise last
             raise NoBackendError(f"no backend of {service} is reachable")
@@ -137,11 +209,17 @@ async def call_with_retries(
         if remaining <= 0:
             raise DeadlineExceeded(f"deadline of {timeout:.3g} s passed")
         tried.append(backend)
+        ahead = backend.target.in_flight
         try:
-            return await attempt(backend, remaining)
+            value = await attempt(backend, remaining)
         except Overloaded as exc:  # refused by the backend, or by our own limit: not run
+            # Only the backend's own refusal tells its capacity: not our limits (not sent),
+            # nor a worker that refuses everything because it is shutting down.
+            if not isinstance(exc, NotSentError | ShuttingDown):
+                balancer.refused(backend, ahead)
             overloaded += 1
             last = exc
+            continue
         except TransportError as exc:
             if isinstance(exc, ConnectError | BrokenError):
                 balancer.mark_down(backend, str(exc))
@@ -150,6 +228,16 @@ async def call_with_retries(
                 last = exc
                 continue
             raise
+        except RemoteApplicationError:  # the backend took the call (and failed it)
+            balancer.answered(backend)
+            raise
+        except OffloopError:  # a deadline, a local error: says nothing of its capacity
+            raise
+        except Exception:  # a declared exception of the method: answered
+            balancer.answered(backend)
+            raise
+        balancer.answered(backend)
+        return value
 
 
 class AsyncCaller:
@@ -184,11 +272,14 @@ class AsyncCaller:
                 ],
                 health,
                 network=network,
+                on_up=_open_connections,
             )
             for service, addrs in backends.items()
         }
 
     async def start(self) -> None:
+        """Start probing; each backend's pool opens its connections in the background (and
+        again whenever the backend is seen up), so that a first burst finds them open."""
         for balancer in self._balancers.values():
             balancer.start()
 
@@ -210,8 +301,17 @@ class AsyncCaller:
     def ready(self) -> bool:
         return all_ready(self._balancers)
 
+    def saturated(self, service: str) -> bool:
+        """Whether a call to ``service`` would be refused at once now (:class:`Shedding`)."""
+        return saturated(self._balancers, service)
+
     def backend_states(self) -> list[BackendState]:
         return backend_states(self._balancers)
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self._balancers.values()))
+
+
+def _open_connections(backend: Backend) -> None:
+    pool: ConnectionPool = backend.target  # type: ignore[assignment]
+    pool.warm()

@@ -33,7 +33,7 @@ class ClientConfig:
     protocol: ProtocolName = "binary"
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     connect_timeout: float = 2.0
-    max_in_flight: int = field(default=1024, metadata={"flag": "max-calls-per-connection"})
+    max_in_flight: int = field(default=1024, metadata={"flag": "calls-per-backend-connection"})
     write_buffer_high: int = 1024 * 1024
     pool_size: int = 4
     decode: DecodeLimits = field(default_factory=DecodeLimits, metadata={"prefix": "decode-"})

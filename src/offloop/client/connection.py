@@ -1,4 +1,4 @@
-"""A multiplexed asynchronous Thrift client over framed transport.
+"""An asynchronous Thrift client that keeps many calls in flight on one connection.
 
 One :class:`ThriftConnection` carries many calls at once. Each call gets its own sequence id
 (seqid); the server may answer out of order, and each reply is handed to the call whose seqid

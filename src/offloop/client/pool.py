@@ -1,15 +1,20 @@
 """A small pool of multiplexed connections to one backend.
 
-Each call goes to the usable connection with the fewest calls in flight. Connections open
-lazily, at most ``size`` of them, one at a time:
+Each call goes to the usable connection with the fewest calls in flight, if that one has
+room (``config.max_in_flight``). Connections open on demand, one at a time, or all at once
+when asked (:meth:`ConnectionPool.warm`), at most ``size`` of them:
 
 - no usable connection: the caller waits for a connect (callers that arrive meanwhile wait
   for the same one);
 - every usable connection is busy and the pool is not full: the caller uses the least busy
-  one now, and the pool opens another in the background for later calls.
+  one now, and the pool opens another in the background for later calls;
+- every usable connection is *full*: the caller waits for a connection being opened, or
+  starts one if the pool is not full; only when the pool is full too is the call refused
+  (``NotSentOverloaded``). So a burst larger than one connection takes, on a cold pool or
+  right after a restart, is carried as the connections open instead of being refused.
 
 Broken connections are dropped when next seen and replaced on demand. Every connect runs as
-a task the pool owns; :meth:`ConnectionPool.close` cancels it and closes every connection.
+a task the pool owns; :meth:`ConnectionPool.close` cancels them and closes every connection.
 Calls are bounded: each connection refuses calls over ``config.max_in_flight``, and callers
 waiting for a connect count against the same total of ``size * max_in_flight``.
 """
@@ -24,7 +29,9 @@ from offloop.client.config import ClientConfig
 from offloop.client.connection import ThriftConnection
 from offloop.client.errors import (
     BACKEND_UNAVAILABLE,
+    NotSentBrokenError,
     NotSentClosedError,
+    NotSentConnectError,
     NotSentDeadline,
     NotSentOverloaded,
 )
@@ -71,7 +78,10 @@ class ConnectionPool:
         self._size = size
         self._network = network
         self._conns: list[ThriftConnection] = []
-        self._connecting: asyncio.Task[ThriftConnection] | None = None
+        self._connecting: set[asyncio.Task[None]] = set()
+        # Set (and replaced) each time a connect ends, well or not, and on close.
+        self._connected = asyncio.Event()
+        self._connect_error: NotSentConnectError | None = None  # of the last connect to end
         # Callers waiting for a connect, bounded like the calls the connections may carry.
         self._waiting = Limiter(
             size * config.max_in_flight, name=f"callers waiting to connect to {self._peer}"
@@ -109,8 +119,21 @@ class ConnectionPool:
     def __repr__(self) -> str:
         return (
             f"<ConnectionPool {self._peer} connections={len(self._conns)}/{self._size} "
-            f"in_flight={self.in_flight}{' closed' if self._closed else ''}>"
+            f"connecting={len(self._connecting)} in_flight={self.in_flight}"
+            f"{' closed' if self._closed else ''}>"
         )
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def warm(self) -> None:
+        """Start opening connections, in the background, until ``size`` are open or being
+        opened; returns at once. For a backend just started or seen back up, so that a burst
+        of calls does not wait for connects one at a time. Does nothing once closed."""
+        if self._closed:
+            return
+        self._prune()
+        for _ in range(self._size - len(self._conns) - len(self._connecting)):
+            self._start_connect()
 
     # -- calling ---------------------------------------------------------------------------
 
@@ -128,7 +151,8 @@ class ConnectionPool:
         Raises:
             NotSentClosedError: the pool is closed.
             NotSentConnectError: no connection was usable and a new one could not be opened.
-            NotSentOverloaded: the pool holds ``size * max_in_flight`` calls.
+            NotSentOverloaded: every connection holds ``max_in_flight`` calls and no more
+                may be opened, or ``size * max_in_flight`` callers wait for a connect.
             NotSentDeadline: the deadline passed while waiting for a connect.
             Exception: anything :meth:`ThriftConnection.call` raises.
         """
@@ -141,8 +165,12 @@ class ConnectionPool:
             return await conn.call(method, args, timeout=timeout)
         return await self._call_after_connect(method, args, timeout)
 
+    def _prune(self) -> None:
+        if not all(conn.is_usable for conn in self._conns):
+            self._conns = [conn for conn in self._conns if conn.is_usable]
+
     def _pick(self) -> ThriftConnection | None:
-        """The usable connection with the fewest calls in flight, or None.
+        """The usable connection with the fewest calls in flight, if it has room; else None.
 
         Drops the connections that are no longer usable, and starts growing the pool in the
         background when even the least busy connection is busy.
@@ -159,18 +187,22 @@ class ConnectionPool:
                 stale = True
         if stale:
             self._conns = [conn for conn in self._conns if conn.is_usable]
-        if (
-            best_n
-            and self._connecting is None
-            and len(self._conns) < self._size
-            and asyncio.get_running_loop().time() >= self._grow_after
-        ):
+        if best_n and not self._connecting and self._may_grow():
             self._start_connect()
+        if best_n >= self._config.max_in_flight:
+            return None
         return best
+
+    def _may_grow(self) -> bool:
+        return (
+            len(self._conns) + len(self._connecting) < self._size
+            and asyncio.get_running_loop().time() >= self._grow_after
+        )
 
     async def _call_after_connect(
         self, method: MethodInfo, args: Any, timeout: float | None
     ) -> Any:
+        """Wait for a connection with room, as connects end; then call on it."""
         waiting = self._waiting
         if not waiting.try_acquire():
             raise NotSentOverloaded(
@@ -179,64 +211,98 @@ class ConnectionPool:
             )
         loop = asyncio.get_running_loop()
         start = loop.time()
-        task = self._connecting or self._start_connect()
         try:
             async with asyncio.timeout(timeout):
-                conn = await asyncio.shield(task)
+                conn = await self._connection_with_room()
         except TimeoutError as exc:
             raise NotSentDeadline(
                 f"call of {method.name} to {self._peer}: no connection within {timeout}s"
             ) from exc
-        except asyncio.CancelledError:
-            # The shield passes on the connect's own cancellation (by close()); only ours
-            # should propagate as a cancellation.
-            current = asyncio.current_task()
-            if task.cancelled() and (current is None or not current.cancelling()):
-                raise NotSentClosedError(
-                    f"pool for {self._peer} closed while connecting",
-                    public_message=BACKEND_UNAVAILABLE,
-                ) from None
-            raise
         finally:
             waiting.release()
-        if self._closed:
-            raise NotSentClosedError(
-                f"pool for {self._peer} is closed", public_message=BACKEND_UNAVAILABLE
-            )
         remaining = None if timeout is None else timeout - (loop.time() - start)
-        # Many callers may have waited for this connect: spread them, and let the pool grow.
-        return await (self._pick() or conn).call(method, args, timeout=remaining)
+        return await conn.call(method, args, timeout=remaining)
 
-    def _start_connect(self) -> asyncio.Task[ThriftConnection]:
+    async def _connection_with_room(self) -> ThriftConnection:
+        woken = False
+        while True:
+            if self._closed:
+                raise NotSentClosedError(
+                    f"pool for {self._peer} is closed", public_message=BACKEND_UNAVAILABLE
+                )
+            conn = self._pick()
+            if conn is not None:
+                return conn
+            if not self._connecting:
+                if not self._conns:
+                    if woken:  # every connect ended and none left a usable connection
+                        raise self._connect_failed()
+                    self._start_connect()  # nothing usable: always try at once
+                elif self._may_grow():
+                    self._start_connect()
+                else:
+                    limit = self._config.max_in_flight
+                    raise NotSentOverloaded(
+                        f"pool for {self._peer}: {len(self._conns)} connections with {limit} "
+                        "calls in flight each, and no more may be opened",
+                        public_message="backend overloaded",
+                    )
+            await self._connected.wait()
+            woken = True
+
+    def _connect_failed(self) -> Exception:
+        error = self._connect_error
+        if error is None:  # it connected, and the connection went at once
+            return NotSentBrokenError(
+                f"connection to {self._peer} closed as soon as it opened",
+                public_message=BACKEND_UNAVAILABLE,
+            )
+        failed = NotSentConnectError(str(error), public_message=BACKEND_UNAVAILABLE)
+        failed.__cause__ = error
+        return failed
+
+    def _start_connect(self) -> None:
         task = asyncio.get_running_loop().create_task(self._connect())
-        self._connecting = task
+        self._connecting.add(task)
         task.add_done_callback(self._connect_done)
-        return task
 
-    async def _connect(self) -> ThriftConnection:
+    async def _connect(self) -> None:
+        """Open one connection and add it to the pool; a failure is recorded for the callers
+        waiting, and logged once."""
         try:
             conn = await ThriftConnection.connect(
                 self._host, self._port, self._config, network=self._network
             )
-        finally:
-            self._connecting = None
+        except NotSentConnectError as exc:
+            self._connect_error = exc
+            if not self._closed:
+                self._grow_after = asyncio.get_running_loop().time() + _GROW_RETRY_DELAY
+                logger.warning("pool for %s: %s", self._peer, exc)
+            return
         if self._closed:
             await conn.close()
-            raise NotSentClosedError(
-                f"pool for {self._peer} is closed", public_message=BACKEND_UNAVAILABLE
-            )
-        self._conns.append(conn)
-        return conn
-
-    def _connect_done(self, task: asyncio.Task[ThriftConnection]) -> None:
-        # Retrieve the outcome so that a failed background connect is logged once, here;
-        # callers waiting on it get the same error through their shield.
-        if task.cancelled():
             return
-        exc = task.exception()
-        if exc is not None and not self._closed:
-            self._grow_after = asyncio.get_running_loop().time() + _GROW_RETRY_DELAY
-            logger.warning("pool for %s: %s", self._peer, exc)
+        self._connect_error = None
+        self._conns.append(conn)
+
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
+        self._connecting.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            # A bug, not a refused connect (that one is handled in _connect): log it, and
+            # let the callers waiting for this connect fail instead of trying again.
+            logger.error("pool for %s: connect failed", self._peer, exc_info=exc)
+            error = NotSentConnectError(
+                f"cannot connect to {self._peer}: {exc!r}", public_message=BACKEND_UNAVAILABLE
+            )
+            error.__cause__ = exc
+            self._connect_error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake every caller waiting for a connect to end; later ones wait for the next."""
+        event, self._connected = self._connected, asyncio.Event()
+        event.set()
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -256,11 +322,13 @@ class ConnectionPool:
         :class:`NotSentClosedError`. Idempotent.
         """
         self._closed = True
-        task = self._connecting
-        if task is not None:
+        self._wake()
+        tasks = list(self._connecting)
+        for task in tasks:
             task.cancel()
-            # wait() neither raises the task's outcome (_connect_done reads it) nor cancels
-            # the task if we are cancelled ourselves.
-            await asyncio.wait([task])
+        if tasks:
+            # wait() neither raises the tasks' outcomes (_connect_done reads them) nor
+            # cancels them if we are cancelled ourselves.
+            await asyncio.wait(tasks)
         conns, self._conns = self._conns, []
         await asyncio.gather(*(conn.close() for conn in conns))

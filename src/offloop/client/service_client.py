@@ -26,7 +26,7 @@ from offloop.client.blocking import BlockingClient
 from offloop.client.config import ClientConfig
 from offloop.client.network import TCP, Network
 from offloop.client.pool import ConnectionPool
-from offloop.errors import LocalProtocolError
+from offloop.errors import EncodeError, LocalProtocolError
 from offloop.idl import MethodInfo, ServiceInfo, load_idl, service_info
 
 __all__ = ["AsyncClient", "Client"]
@@ -57,6 +57,11 @@ def _arguments(service: ServiceInfo, name: str, kwargs: dict[str, Any]) -> tuple
             f"not {', '.join(unknown)}"
         )
     return method, method.args_cls(**kwargs)
+
+
+def _caller_error(service: ServiceInfo, method: str, exc: EncodeError) -> LocalProtocolError:
+    """The values came from the caller: their encoding failing is the caller's fault."""
+    return LocalProtocolError(f"{service.name}.{method}: {exc}")
 
 
 class AsyncClient:
@@ -95,13 +100,17 @@ class AsyncClient:
         """Call ``method`` with keyword arguments; returns its value.
 
         Raises:
-            LocalProtocolError: no such method, or an argument it does not take.
+            LocalProtocolError: no such method, an argument it does not take, or a value
+                the IDL cannot encode.
             Exception: what :meth:`~offloop.client.connection.ThriftConnection.call`
                 raises: a declared exception as itself, :class:`~offloop.errors.Overloaded`,
                 :class:`~offloop.errors.DeadlineExceeded`, transport errors...
         """
         info, struct = _arguments(self.service, method, args)
-        return await self._pool.call(info, struct, timeout=timeout or self.timeout)
+        try:
+            return await self._pool.call(info, struct, timeout=timeout or self.timeout)
+        except EncodeError as exc:
+            raise _caller_error(self.service, method, exc) from exc
 
     async def close(self) -> None:
         """Close the connections; calls in flight fail with ``ClosedError``."""
@@ -150,12 +159,16 @@ class Client:
         """Call ``method`` with keyword arguments; returns its value.
 
         Raises:
-            LocalProtocolError: no such method, or an argument it does not take.
+            LocalProtocolError: no such method, an argument it does not take, or a value
+                the IDL cannot encode.
             Exception: what :meth:`~offloop.client.blocking.BlockingClient.call` raises.
         """
         info, struct = _arguments(self.service, method, args)
         limit = timeout or self.timeout
-        return self._client.call(info, struct, time.monotonic() + limit, limit)
+        try:
+            return self._client.call(info, struct, time.monotonic() + limit, limit)
+        except EncodeError as exc:
+            raise _caller_error(self.service, method, exc) from exc
 
     def close(self) -> None:
         """Close the connection."""

@@ -29,25 +29,17 @@ from offloop.codec.framing import encode_frame
 from offloop.codec.guard import DEFAULT_LIMITS, DecodeLimits
 from offloop.codec.message import EXCEPTION, REPLY, MessageCodec, ProtocolName
 from offloop.errors import (
-    OffloopError,
+    EncodeError,
     PayloadTooLarge,
     RemoteApplicationError,
     RemoteProtocolError,
 )
 from offloop.idl import MethodInfo
 
-__all__ = ["SEQID_MASK", "CallCodec", "EncodeError", "ReplyHeader"]
+__all__ = ["SEQID_MASK", "CallCodec", "ReplyHeader"]
 
 #: Seqids are non-negative i32 values; the counter wraps to 0 after 2**31 - 1.
 SEQID_MASK = 0x7FFFFFFF
-
-
-class EncodeError(OffloopError):
-    """Arguments could not be encoded as the IDL says.
-
-    offloop's fault when the gateway built them from JSON it had validated; a library caller
-    who passed a wrong value sees the same error, with the field in the message.
-    """
 
 
 @dataclass(frozen=True, slots=True)

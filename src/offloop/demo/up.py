@@ -40,6 +40,7 @@ from offloop.demo.textlab import IDL_PATH
 from offloop.errors import OffloopError
 from offloop.gateway.config import GatewayConfig
 from offloop.listen import ListenConfig
+from offloop.logs import LOG_LEVELS, LogConfig, installed_config, run_child
 from offloop.worker.config import WORKER_PORT, PoolConfig, WorkerConfig
 
 __all__ = ["DemoConfig", "demo_gateway", "demo_worker", "run_demo"]
@@ -116,7 +117,11 @@ def demo_worker(demo: DemoConfig, *, grace: float = 10.0) -> WorkerConfig:
 
 
 def run_demo(
-    gateway: GatewayConfig, worker: WorkerConfig, *, start_timeout: float = WORKER_START_TIMEOUT
+    gateway: GatewayConfig,
+    worker: WorkerConfig,
+    *,
+    start_timeout: float = WORKER_START_TIMEOUT,
+    log: LogConfig | None = None,
 ) -> int:
     """Start the worker in a child process, then serve the gateway here until Ctrl-C/SIGTERM.
 
@@ -127,6 +132,8 @@ def run_demo(
         gateway: the gateway's config (see :func:`demo_gateway`).
         worker: the worker's config (see :func:`demo_worker`).
         start_timeout: seconds the worker may take to listen.
+        log: how the worker process logs (default: as this process, if
+            :func:`~offloop.logs.configure_logging` set it up, else at this process's level).
 
     Returns:
         0 once everything has stopped.
@@ -138,7 +145,7 @@ def run_demo(
     """
     sock = bind_socket(gateway.listen)
     try:
-        process, reader = _start_worker(worker)
+        process, reader = _start_worker(worker, log or _inherited_log())
         try:
             _wait_ready(process, reader, worker, start_timeout)
             served = build_gateway(gateway)
@@ -171,18 +178,27 @@ def _print_banner(worker: ListenConfig, url: str) -> None:
 # -- the worker process ---------------------------------------------------------------------
 
 
-def _start_worker(config: WorkerConfig) -> tuple[BaseProcess, Connection]:
-    """Spawn the worker; the returned end of the pipe gets its ``("ready" | "failed", text)``."""
+def _inherited_log() -> LogConfig:
+    """How the worker logs when ``run_demo`` is not told: as this process."""
+    installed = installed_config()
+    if installed is not None:
+        return installed
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    return LogConfig(level=level if level in LOG_LEVELS else "INFO")
+
+
+def _start_worker(config: WorkerConfig, log: LogConfig) -> tuple[BaseProcess, Connection]:
+    """Spawn the worker; the returned end of the pipe gets its ``("ready" | "failed", text)``.
+
+    The child logs as ``log`` says, its lines marked ``(offloop-demo-worker)``; an exception
+    that escapes it is logged so too (:func:`~offloop.logs.run_child`)."""
     context = multiprocessing.get_context("spawn")
     reader, writer = context.Pipe(duplex=False)
-    root = logging.getLogger()
-    formatter = root.handlers[0].formatter if root.handlers else None
-    if type(formatter) is not logging.Formatter:  # only a plain one surely pickles
-        formatter = None
+    name = "offloop-demo-worker"
     process = context.Process(
-        target=_worker_main,
-        args=(config, writer, os.getpid(), root.getEffectiveLevel(), formatter),
-        name="offloop-demo-worker",
+        target=run_child,
+        args=(log, name, _worker_main, config, writer, os.getpid()),
+        name=name,
     )
     # The child starts with SIGINT ignored, so a Ctrl-C before it has left our session (it
     # imports for a while first) cannot kill it with a traceback; its serving loop handles
@@ -239,20 +255,11 @@ def _stop_worker(process: BaseProcess, timeout: float) -> None:
     process.close()
 
 
-def _worker_main(
-    config: WorkerConfig,
-    ready: Connection,
-    parent: int,
-    level: int,
-    formatter: logging.Formatter | None,
-) -> None:
-    """The child: leave the terminal's session, die with the parent, serve, report."""
+def _worker_main(config: WorkerConfig, ready: Connection, parent: int) -> None:
+    """The child (its logging already set up): leave the terminal's session, die with the
+    parent, serve, report."""
     os.setsid()
     _die_with_parent(parent)
-    handler = logging.StreamHandler()
-    if formatter is not None:
-        handler.setFormatter(formatter)
-    logging.basicConfig(level=level, handlers=[handler])
     try:
         run(_serve_reporting(config, ready))
     except (OffloopError, ImportError, OSError) as exc:  # start-up failed: the parent says so

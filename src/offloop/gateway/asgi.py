@@ -4,7 +4,9 @@ Reads the body with the ``max_body`` limit enforced while reading (a declared
 ``Content-Length`` over it is refused before any body is read), runs the core, and cancels
 the call when the client disconnects, which frees its slot in the gateway and its backend.
 Lifespan events start and stop the core; when mounted in an app that does not forward them,
-the core starts on the first request.
+the core starts on the first request. Every response is the core's, in its JSON error format
+for errors, even should the core fail. Limits on connections and request heads are the
+server's: :mod:`offloop.gateway.uvicorn_protocol` sets them for uvicorn.
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ class ASGIApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
+    async def _answer(self, request: Request) -> Response:
+        """The core's response; a 500 in the JSON error format should the core fail (the
+        server's own 500 is plain text, and blames nobody)."""
+        try:
+            return await self.gateway.handle(request)
+        except Exception as exc:
+            return self.gateway.error(exc, f"{request.method} {request.path}")
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway
         if not gateway.started:
@@ -101,7 +111,7 @@ class ASGIApp:
             return  # nobody to answer
         request = Request(scope["method"], path, headers, body)
         if not path.startswith("/rpc/"):
-            await _send(send, await gateway.handle(request))
+            await _send(send, await self._answer(request))
             return
         task = asyncio.current_task()
         assert task is not None
@@ -110,7 +120,7 @@ class ASGIApp:
         watch = _DisconnectWatch(receive, task)
         timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch.start)
         try:
-            response = await gateway.handle(request)
+            response = await self._answer(request)
         except asyncio.CancelledError:
             if watch.disconnected:
                 return  # the client disconnected: nobody to answer

@@ -32,8 +32,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from offloop.client.caller import Caller
-from offloop.codec.jsonmap import JsonMappingError, args_from_json, result_to_json
+from offloop.client.caller import AT_LIMIT, Caller, shedding
+from offloop.codec.jsonmap import JsonMappingError, args_from_json, parse_json, result_to_json
 from offloop.errors import (
     LocalProtocolError,
     OffloopError,
@@ -45,6 +45,7 @@ from offloop.gateway.metrics import GatewayMetrics
 from offloop.gateway.openapi import build_openapi
 from offloop.gateway.statuses import status_for
 from offloop.idl import MethodInfo, ServiceInfo
+from offloop.logs import log_access
 from offloop.runtime.limiter import Limiter
 from offloop.watchdog import LoopWatchdog
 
@@ -130,10 +131,20 @@ class Gateway:
         if config.watchdog.enabled:
             self.watchdog = LoopWatchdog(config.watchdog, registry=self.metrics.registry)
         self._openapi = json.dumps(
-            build_openapi(list(self.services.values()), exception_status=config.exception_status)
+            build_openapi(
+                list(self.services.values()),
+                title=config.api_title or None,
+                version=config.api_version,
+                exception_status=config.exception_status,
+            )
         ).encode()
         self._assets = _load_assets()
         self._calls = Limiter(config.front.max_inflight, name="gateway calls in flight")
+        # While every backend is at its learned limit, a call is refused before its body is
+        # parsed, with one response made here (offloop.client.caller.Shedding).
+        self._saturated = shedding(caller)
+        retry = [("retry-after", str(config.front.retry_after))]
+        self._shed = error_response(503, AT_LIMIT, retry)
         self.metrics.track_inflight(lambda: self._calls.borrowed)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -213,11 +224,34 @@ class Gateway:
     async def handle(self, request: Request) -> Response:
         """Answer one request. Never raises (but for cancellation)."""
         started = time.perf_counter()
-        route, response = await self._route(request)
+        try:
+            route, response = await self._route(request)
+        except Exception as exc:  # a bug of ours: still a JSON answer, counted like any other
+            route, response = "unknown", self.error(exc)
+        took = time.perf_counter() - started
+        self.metrics.observe(route, response.status, took)
+        log_access(request.method, request.path, response.status, took * 1000)
+        return response
+
+    def refuse_method(self, request: Request) -> Response:
+        """The answer to a request whose method the HTTP server would not route to the core
+        (Tornado routes seven): 405 with ``Allow`` where a route is, 404 where none is.
+        Counted like any request."""
+        started = time.perf_counter()
+        route, target = self._lookup(request)
+        response = target if isinstance(target, Response) else self._not_allowed(request, "POST")
         self.metrics.observe(route, response.status, time.perf_counter() - started)
         return response
 
     async def _route(self, request: Request) -> tuple[str, Response]:
+        route, target = self._lookup(request)
+        if isinstance(target, Response):
+            return route, target
+        info, method = target
+        return route, await self._rpc(request, info, method)
+
+    def _lookup(self, request: Request) -> tuple[str, Response | tuple[ServiceInfo, MethodInfo]]:
+        """The route of ``request`` and its answer, or for a call, what it calls."""
         path = request.path
         if path.startswith("/rpc/"):
             parts = path[5:].split("/")
@@ -231,8 +265,10 @@ class Gateway:
             route = f"/rpc/{info.name}/{method.name}"
             if request.method != "POST":
                 return route, self._not_allowed(request, "POST")
-            return route, await self._rpc(request, info, method)
+            return route, (info, method)
         if path.startswith("/docs/"):
+            if request.method not in ("GET", "HEAD"):
+                return "/docs", self._not_allowed(request, "GET")
             return "/docs", self._static(path[6:])
         getter = {
             "/healthz": self._healthz,
@@ -305,18 +341,19 @@ class Gateway:
         return min(value, cap)
 
     async def _rpc(self, request: Request, info: ServiceInfo, method: MethodInfo) -> Response:
+        if self._saturated(info.name):
+            return self._shed  # the cheapest refusal: nothing parsed, nothing sent
         ctype = request.headers.get("content-type", "")
-        if ctype.split(";", 1)[0].strip().lower() != _JSON:
+        # No body and no type is a call with no arguments (the schema's body is optional).
+        untyped_empty = not ctype and not request.body
+        if ctype.split(";", 1)[0].strip().lower() != _JSON and not untyped_empty:
             return error_response(415, f"content-type must be {_JSON}, got {ctype or 'none'!r}")
         too_large = self.body_too_large(len(request.body))
         if too_large is not None:
             return too_large
         try:
             timeout = self._timeout(request.headers)
-            try:
-                payload = json.loads(request.body) if request.body.strip() else {}
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise LocalProtocolError(f"malformed JSON: {exc}") from exc
+            payload = parse_json(request.body) if request.body.strip() else {}
             args = args_from_json(method, payload)
         except LocalProtocolError as exc:
             return self.error(exc)

@@ -16,12 +16,23 @@ Structs, exceptions and enums reached from a service are named schemas under
 declare the same name), referenced with ``$ref``; recursive structs need nothing more. The
 schemas follow :mod:`offloop.codec.jsonmap` exactly, and use its helpers to classify types,
 so that what the gateway emits validates against what this document says.
+
+The IDL's doc comments (:mod:`offloop.idl_docs`) become descriptions: a service's of its tag,
+a method's of its operation, an argument's or a field's of its property, a struct's,
+exception's or enum's (with its values' docs) of its schema. Each request body, result and
+declared exception has an example made from the types alone: a field's default where it has
+one (but an empty container), else ``"example sentence"`` for a string ``sentence``, ``1``,
+``1.5``, ``true``, base64 of ``example``, an enum's first name, one element per container;
+every field but those that would recurse, one field of a union. It is a value both its schema
+and the JSON mapping accept, whatever the IDL; where none can be made (a required field that
+recurses) there is no example.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from types import ModuleType
 from typing import Any, Final
 
 from thriftpy2.thrift import TException, TType
@@ -33,12 +44,18 @@ from offloop.codec.jsonmap import (
     split_field_spec,
     value_to_json,
 )
-from offloop.idl import MethodInfo, ServiceInfo
+from offloop.gateway.examples import ExampleMaker, NoExample
+from offloop.idl import MethodInfo, ServiceInfo, included_modules
+from offloop.idl_docs import IdlDocs
 
-__all__ = ["DEFAULT_EXCEPTION_STATUS", "build_openapi"]
+__all__ = ["DEFAULT_API_VERSION", "DEFAULT_EXCEPTION_STATUS", "build_openapi", "default_title"]
 
 DEFAULT_EXCEPTION_STATUS: Final = 422
 """The status of a declared Thrift exception: the request was understood, and refused."""
+
+DEFAULT_API_VERSION: Final = "0.1.0"
+"""``info.version`` unless given: the API's version, which the IDL does not say (not offloop's
+version: the API does not change when offloop does)."""
 
 _OPENAPI_VERSION: Final = "3.1.0"
 _JSON: Final = "application/json"
@@ -60,12 +77,22 @@ _INT_SCHEMAS: Final[dict[int, dict[str, Any]]] = {
 _STANDARD_ERRORS: Final[dict[int, tuple[str, str]]] = {
     400: (
         "BadRequest",
-        "The body is not JSON, or the arguments do not fit the IDL; `error.path` says where "
+        "The body is not JSON (bare NaN or Infinity, a duplicate key and nesting too deep "
+        "count as not JSON), or the arguments do not fit the IDL; `error.path` says where "
         "(e.g. `argument.xtructs[2].i32_thing`).",
     ),
     404: ("NotFound", "No such service or method."),
-    413: ("PayloadTooLarge", "The request body is over the gateway's limit."),
+    408: ("RequestTimeout", "The request's head or body did not arrive in time."),
+    413: (
+        "PayloadTooLarge",
+        "The request body is over the gateway's limit, or came in too many chunks.",
+    ),
+    414: ("URITooLong", "The request line is over the gateway's limit."),
     415: ("UnsupportedMediaType", "The request body is not `application/json`."),
+    431: (
+        "RequestHeaderFieldsTooLarge",
+        "The request's header fields are over the gateway's size or count limit.",
+    ),
     500: ("InternalServerError", "The gateway failed unexpectedly (a bug: see its log)."),
     502: (
         "BadGateway",
@@ -140,9 +167,21 @@ def _module_name(cls: Any) -> str:
 
 
 class _Types:
-    """The structs, exceptions and enums reached from the services, and their schemas."""
+    """The structs, exceptions and enums reached from the services, their schemas and
+    examples.
 
-    def __init__(self, services: Sequence[ServiceInfo]) -> None:
+    Args:
+        services: the services.
+        docs: the doc comments of their IDLs.
+        unions: the classes that are Thrift unions (one field set), not structs.
+    """
+
+    def __init__(
+        self, services: Sequence[ServiceInfo], docs: IdlDocs, unions: frozenset[Any]
+    ) -> None:
+        self.docs = docs
+        self.unions = unions
+        self._examples = ExampleMaker(unions)
         self.classes: list[Any] = []
         seen: set[Any] = set()
         for service in services:
@@ -242,8 +281,20 @@ class _Types:
             return obj
         raise ValueError(f"unsupported Thrift type {ttype}")
 
-    def fields_schema(self, cls: Any, *, description: str | None = None) -> dict[str, Any]:
-        """An object schema of a struct's (or an ``_args`` struct's) fields."""
+    def fields_schema(
+        self,
+        cls: Any,
+        *,
+        description: str | None = None,
+        docs: Mapping[str, str | None] | None = None,
+    ) -> dict[str, Any]:
+        """An object schema of a struct's (or an ``_args`` struct's) fields.
+
+        Args:
+            cls: the struct class.
+            description: the schema's description.
+            docs: each field's description, by field name.
+        """
         defaults = dict(getattr(cls, "default_spec", ()))
         properties: dict[str, Any] = {}
         required: list[str] = []
@@ -254,6 +305,9 @@ class _Types:
             default = defaults.get(name)
             if default is not None:
                 prop = {**prop, "default": value_to_json(ttype, spec, default)}
+            doc = (docs or {}).get(name)
+            if doc:
+                prop = {**prop, "description": doc}
             properties[name] = prop
             if field[-1] is True:
                 required.append(name)
@@ -268,18 +322,48 @@ class _Types:
 
     def component(self, cls: Any) -> dict[str, Any]:
         """The named schema of a struct, exception or enum."""
+        doc = self.docs.of(cls)
         if hasattr(cls, "_VALUES_TO_NAMES"):
+            names = list(cls._NAMES_TO_VALUES)
+            description = doc or f"The Thrift enum {cls.__name__}."
+            values = [
+                f"- `{name}`: {value_doc}"
+                for name in names
+                if (value_doc := self.docs.of(cls, name))
+            ]
+            if values:
+                description += "\n\n" + "\n".join(values)
             return {
                 "title": cls.__name__,
-                "description": f"The Thrift enum {cls.__name__}: its name, or its value.",
+                "description": description + "\n\nGiven as its name, or its value.",
                 "oneOf": [
-                    {"type": "string", "enum": list(cls._NAMES_TO_VALUES)},
+                    {"type": "string", "enum": names},
                     {"type": "integer", "enum": list(cls._NAMES_TO_VALUES.values())},
                 ],
             }
-        kind = "exception" if _is_exception(cls) else "struct"
-        schema = self.fields_schema(cls, description=f"The Thrift {kind} {cls.__name__}.")
+        if _is_exception(cls):
+            description = doc or f"The Thrift exception {cls.__name__}."
+        elif cls in self.unions:
+            description = (doc or f"The Thrift union {cls.__name__}.") + "\n\nSet one field."
+        else:
+            description = doc or f"The Thrift struct {cls.__name__}."
+        field_docs = {f[1]: self.docs.of(cls, f[1]) for f in cls.thrift_spec.values()}
+        schema = self.fields_schema(cls, description=description, docs=field_docs)
         return {"title": cls.__name__, **schema}
+
+    # -- examples ------------------------------------------------------------------------
+
+    def example_fields(self, cls: Any) -> dict[str, Any] | None:
+        """An example object of a struct's fields (see :class:`ExampleMaker`)."""
+        return self._examples.example_fields(cls)
+
+    def example(self, ttype: int, spec: Any, name: str) -> Any:
+        """An example value of ``(ttype, spec)``.
+
+        Raises:
+            NoExample: none can be made.
+        """
+        return self._examples.example(ttype, spec, name)
 
 
 def _is_exception(cls: Any) -> bool:
@@ -305,7 +389,7 @@ def _exception_statuses(types: _Types, overrides: Mapping[str, int] | None) -> d
 
 
 def _method_responses(
-    method: MethodInfo, types: _Types, statuses: Mapping[Any, int]
+    service: ServiceInfo, method: MethodInfo, types: _Types, statuses: Mapping[Any, int]
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     if method.oneway:
@@ -318,27 +402,39 @@ def _method_responses(
                 "additionalProperties": False,
             },
         )
+        responses["202"]["content"][_JSON]["example"] = {"result": None}
     else:
         result: dict[str, Any] = {"type": "null"}
+        example: dict[str, Any] | None = {"result": None}
         for field in method.result_cls.thrift_spec.values():
             if field[1] == "success":
-                result = types.schema(*split_field_spec(field))
+                ttype, spec = split_field_spec(field)
+                result = types.schema(ttype, spec)
+                try:
+                    example = {"result": types.example(ttype, spec, "result")}
+                except NoExample:
+                    example = None
+        success: dict[str, Any] = {
+            "schema": {
+                "type": "object",
+                "properties": {"result": result},
+                "required": ["result"],
+                "additionalProperties": False,
+            }
+        }
+        if example is not None:
+            success["example"] = example
         responses["200"] = {
             "description": "The method's result (`null` for a void method).",
-            "content": {
-                _JSON: {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"result": result},
-                        "required": ["result"],
-                        "additionalProperties": False,
-                    }
-                }
-            },
+            "content": {_JSON: success},
         }
     thrown: dict[int, list[Any]] = {}
     for _, cls in method.exceptions:
         thrown.setdefault(statuses[cls], []).append(cls)
+    throws_docs = {
+        cls: types.docs.method(service.service, method.name, "throws", field)
+        for field, cls in method.exceptions
+    }
     for status in sorted(set(_STANDARD_ERRORS) | set(thrown)):
         standard = _STANDARD_ERRORS.get(status)
         classes = thrown.get(status, [])
@@ -360,29 +456,61 @@ def _method_responses(
             schema = {"anyOf": bodies}
         else:
             schema = {"oneOf": bodies}
-        responses[str(status)] = {
-            "description": description,
-            "content": {_JSON: {"schema": schema}},
-        }
+        examples: dict[str, Any] = {}
+        for cls in classes:
+            example = _exception_example(service, method, types, cls, status)
+            if example is not None:
+                examples[types.names[cls]] = example
+                if throws_docs[cls]:
+                    example["description"] = throws_docs[cls]
+        media: dict[str, Any] = {"schema": schema}
+        if examples:
+            media["examples"] = examples
+        responses[str(status)] = {"description": description, "content": {_JSON: media}}
     return responses
+
+
+def _exception_example(
+    service: ServiceInfo, method: MethodInfo, types: _Types, cls: Any, status: int
+) -> dict[str, Any] | None:
+    """An Example Object of the body the gateway answers when ``method`` raises ``cls``."""
+    fields = types.example_fields(cls)
+    if fields is None:
+        return None
+    name = cls.__name__
+    error = {
+        "code": status,
+        "message": f"{service.name}.{method.name} raised {name}",
+        "type": name,
+        "fields": fields,
+    }
+    return {"summary": name, "value": {"error": error}}
 
 
 def _method_operation(
     service: ServiceInfo, method: MethodInfo, types: _Types, statuses: Mapping[Any, int]
 ) -> dict[str, Any]:
-    body = types.fields_schema(method.args_cls)
+    docs = {
+        name: types.docs.method(service.service, method.name, name) for name in method.arg_names
+    }
+    body = types.fields_schema(method.args_cls, docs=docs)
+    media: dict[str, Any] = {"schema": body}
+    example = types.example_fields(method.args_cls)
+    if example is not None:
+        media["example"] = example
     kind = "oneway method" if method.oneway else "method"
+    doc = types.docs.method(service.service, method.name)
     return {
         "operationId": f"{service.name}_{method.name}",
         "summary": f"{service.name}.{method.name}",
-        "description": f"Calls the Thrift {kind} {service.name}.{method.name}.",
+        "description": doc or f"Calls the Thrift {kind} {service.name}.{method.name}.",
         "tags": [service.name],
         "requestBody": {
             "description": "The arguments, by name.",
             "required": "required" in body,
-            "content": {_JSON: {"schema": body}},
+            "content": {_JSON: media},
         },
-        "responses": _method_responses(method, types, statuses),
+        "responses": _method_responses(service, method, types, statuses),
     }
 
 
@@ -470,19 +598,39 @@ def _operations_paths() -> dict[str, Any]:
     }
 
 
+def default_title(services: Sequence[ServiceInfo]) -> str:
+    """The document's title unless one is given: ``"TextLab API"``, ``"A, B API"``."""
+    if not services:
+        return "offloop gateway"
+    return ", ".join(service.name for service in services) + " API"
+
+
+def _modules(services: Sequence[ServiceInfo]) -> list[ModuleType]:
+    modules: dict[int, ModuleType] = {}
+    for service in services:
+        if service.module is not None:
+            modules.setdefault(id(service.module), service.module)
+    return list(modules.values())
+
+
 def build_openapi(
     services: Sequence[ServiceInfo],
     *,
-    title: str = "offloop gateway",
-    version: str = "0.1.0",
+    title: str | None = None,
+    version: str | None = None,
     exception_status: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document of a gateway in front of ``services``.
 
+    The doc comments come from the ``.thrift`` files of the services' modules
+    (``ServiceInfo.module``) and their includes, read here; a file that cannot be read, or
+    comments the parser does not understand, only leave descriptions out.
+
     Args:
         services: the services the gateway serves, in the order their paths are listed.
-        title: ``info.title``.
-        version: ``info.version``: the version of the API (not of OpenAPI).
+        title: ``info.title``; ``None`` for :func:`default_title`.
+        version: ``info.version``: the version of the API (not of OpenAPI); ``None`` for
+            :data:`DEFAULT_API_VERSION`.
         exception_status: the HTTP status of a declared exception, by its Thrift name (as
             ``GatewayConfig.exception_status``); others answer 422, and names no service
             declares are ignored.
@@ -498,7 +646,13 @@ def build_openapi(
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"services with the same name: {', '.join(duplicates)}")
-    types = _Types(services)
+    modules = _modules(services)
+    unions = frozenset(
+        cls
+        for module in included_modules(modules)
+        for cls in getattr(module, "__thrift_meta__", {}).get("unions", ())
+    )
+    types = _Types(services, IdlDocs.of_modules(modules), unions)
     statuses = _exception_statuses(types, exception_status)
 
     schemas: dict[str, Any] = {_ERROR: _error_schema()}
@@ -520,8 +674,16 @@ def build_openapi(
         name: {"description": description, "content": {_JSON: {"schema": _ref(_ERROR)}}}
         for name, description in _STANDARD_ERRORS.values()
     }
-    tags = [{"name": name, "description": f"The Thrift service {name}."} for name in names]
+    tags = [
+        {
+            "name": service.name,
+            "description": types.docs.of(service.service) or f"The Thrift service {service.name}.",
+        }
+        for service in services
+    ]
     tags.append({"name": "operations", "description": "Health and metrics of the gateway."})
+    title = default_title(services) if title is None else title
+    version = DEFAULT_API_VERSION if version is None else version
     return {
         "openapi": _OPENAPI_VERSION,
         "info": {"title": title, "version": version},

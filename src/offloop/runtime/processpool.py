@@ -8,7 +8,13 @@ failing every queued job; this pool supervises each child on its own:
   one job at a time over its own socket pair: 4-byte length + pickle, both ways.
 - The parent reads every child's socket on the event loop. End of stream means the child
   died: only the job it was running fails (:class:`WorkerCrashed`), and a new child replaces
-  it (the fork server makes that take milliseconds, not an interpreter start-up).
+  it, with a growing pause between attempts while its start keeps failing. The fork server
+  saves an interpreter start-up; the job function is still built in each new child (with
+  textlab's handler, over a second).
+- A child that dies before it is ready, during :meth:`ProcessPool.start` too, is retried the
+  same way; start-up fails only when the job function itself fails to build (the handler does
+  not import, or raises), with one line saying why, or when children keep dying before they
+  are ready (``start_attempts`` in a row).
 - A job past its deadline is failed with :class:`DeadlineExceeded` and its child is killed
   (``SIGKILL``) and replaced, so a runaway handler cannot hold a worker for ever.
 - Jobs wait in a FIFO when every child is busy. A :class:`~offloop.runtime.limiter.Limiter`
@@ -66,12 +72,21 @@ _READY_ID = 0
 #: Longest pause between restarts of a child whose start keeps failing.
 _MAX_RESTART_BACKOFF = 5.0
 _FIRST_RESTART_BACKOFF = 0.1
+#: Times in a row a child may die before it is ready during start(): a child killed once
+#: (the OOM killer, an operator) is replaced; one that dies on every start (a handler that
+#: exits or crashes while it loads) fails start-up after 0.1 + 0.2 + 0.4 + 0.8 s of pauses.
+START_ATTEMPTS = 5
 #: Seconds between checks that the pool's process lives, where pidfds are not available.
 _OWNER_POLL = 0.5
 
 
 class WorkerStartError(OffloopError):
-    """A child could not build its job function (the handler failed to import or start)."""
+    """A child could not build its job function (the handler failed to import or start), or
+    children kept dying before they were ready. ``str(exc)`` is one line."""
+
+
+class _DiedStarting(WorkerStartError):
+    """A child died, or its socket broke, before it was ready: retried like any death."""
 
 
 # -- the child side (runs in the worker process) ------------------------------------------
@@ -157,6 +172,11 @@ def _child_main(sock: socket.socket, factory: JobFactory, nice: int, owner: int)
 # -- the parent side ------------------------------------------------------------------------
 
 
+def _exit_status(proc: multiprocessing.process.BaseProcess) -> str:
+    code = proc.exitcode
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+
+
 @dataclass(eq=False)
 class _Job:
     payload: Any
@@ -190,6 +210,8 @@ class ProcessPool:
             child from a clean server process with ``preload`` imported.
         preload: modules the fork server imports once, so children start in milliseconds.
         start_timeout: seconds a child may take to build its job function.
+        start_attempts: times in a row a child may die before it is ready during
+            :meth:`start` before start-up fails.
     """
 
     def __init__(
@@ -202,8 +224,12 @@ class ProcessPool:
         start_method: str = "forkserver",
         preload: Sequence[str] = (),
         start_timeout: float = 60.0,
+        start_attempts: int = START_ATTEMPTS,
     ) -> None:
         self._max_queued = check_pool_bounds(workers, max_queued)
+        if start_attempts < 1:
+            raise ValueError("start_attempts must be at least 1")
+        self._start_attempts = start_attempts
         self._factory = factory
         self._workers = workers
         self._nice = nice
@@ -227,13 +253,15 @@ class ProcessPool:
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every child and wait until each is ready.
+        """Start every child and wait until each is ready; a child that dies before it is
+        ready is replaced, with a growing pause, up to ``start_attempts`` times in a row.
 
         Raises:
-            WorkerStartError: a child failed to build its job function.
+            WorkerStartError: a child failed to build its job function, or children kept
+                dying before they were ready.
         """
         results = await asyncio.gather(
-            *(self._spawn() for _ in range(self._workers)), return_exceptions=True
+            *(self._start_child() for _ in range(self._workers)), return_exceptions=True
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         for child in results:
@@ -242,6 +270,24 @@ class ProcessPool:
         if errors:
             await self.close()
             raise errors[0]
+
+    async def _start_child(self) -> _Child:
+        delay = _FIRST_RESTART_BACKOFF
+        attempt = 1
+        while True:
+            try:
+                return await self._spawn()
+            except (_DiedStarting, OSError) as exc:
+                if attempt >= self._start_attempts or self._closed:
+                    raise WorkerStartError(
+                        f"worker processes died {attempt} times in a row while starting; "
+                        f"last: {exc}"
+                    ) from exc
+                log.error("worker process did not start (retrying in %.1f s): %s", delay, exc)
+            self._restarts += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_RESTART_BACKOFF)
+            attempt += 1
 
     async def _spawn(self) -> _Child:
         loop = asyncio.get_running_loop()
@@ -261,18 +307,29 @@ class ProcessPool:
             head = await asyncio.wait_for(reader.readexactly(4), self._start_timeout)
             body = await reader.readexactly(_LEN.unpack(head)[0])
             _, ok, info = pickle.loads(body)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        except TimeoutError as exc:
             writer.close()
+            proc.kill()
             await self._reap(proc)
             raise WorkerStartError(
-                f"worker process {proc.pid} did not start: "
-                f"{'timed out' if isinstance(exc, TimeoutError) else 'it exited'}"
-                f" (exit code {proc.exitcode})"
+                f"worker process {proc.pid} did not build its job function within "
+                f"{self._start_timeout:g} s"
+            ) from exc
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            writer.close()
+            await self._reap(proc)
+            raise _DiedStarting(
+                f"worker process {proc.pid} exited before it was ready ({_exit_status(proc)})"
             ) from exc
         if not ok:
             writer.close()
             await self._reap(proc)
-            raise WorkerStartError(f"worker process failed to start its handler:\n{info}")
+            log.debug("worker process %s failed to start its handler:\n%s", proc.pid, info)
+            last = next((line for line in reversed(str(info).splitlines()) if line.strip()), "")
+            raise WorkerStartError(
+                f"worker process failed to start its handler: {last.strip()} "
+                f"(the traceback is logged at DEBUG level)"
+            )
         return _Child(proc=proc, reader=reader, writer=writer, pid=int(info))
 
     def _adopt(self, child: _Child) -> None:
@@ -321,8 +378,7 @@ class ProcessPool:
             self._idle.remove(child)
         child.writer.close()
         await self._reap(child.proc)
-        code = child.proc.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        how = _exit_status(child.proc)
         job = child.job
         child.job = None
         if job is not None:

@@ -72,6 +72,17 @@ class WorkerLimits:
         max_connections: connections served at once; more are closed on accept.
         decode: what one call may cost to decode beyond its length (nesting depth,
             container elements); see docs/limits.md.
+        frame_timeout: seconds a frame may take to arrive whole, from its first byte; a
+            connection still short of the rest then is closed. Not counted while the worker
+            itself holds the connection back (max_calls_per_connection).
+        max_partial_bytes: bytes of frames not yet whole that all connections together may
+            hold; past it, the connections whose partial frame began longest ago are closed.
+            Unset for eight frames of max_frame_size (below one, a larger frame arriving in
+            several reads cannot be received).
+        max_calls_per_connection: calls one connection may have in progress (running,
+            queued, waiting in a batch, or their reply not yet written); at the bound the
+            worker stops reading it, so the rest wait in the kernel's buffers. Unset for the
+            larger of workers and a quarter of workers + max_queued (see docs/worker.md).
     """
 
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
@@ -79,6 +90,9 @@ class WorkerLimits:
     call_timeout: float = 30.0
     max_connections: int = 10_000
     decode: DecodeLimits = field(default_factory=DecodeLimits, metadata={"prefix": "decode-"})
+    frame_timeout: float = 10.0
+    max_partial_bytes: int | None = None
+    max_calls_per_connection: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.max_frame_size <= 1 << 30:
@@ -89,6 +103,12 @@ class WorkerLimits:
             raise ValueError("call_timeout must be positive")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if not self.frame_timeout > 0:
+            raise ValueError("frame_timeout must be positive")
+        if self.max_partial_bytes is not None and self.max_partial_bytes < 1:
+            raise ValueError("max_partial_bytes must be at least 1")
+        if self.max_calls_per_connection is not None and self.max_calls_per_connection < 1:
+            raise ValueError("max_calls_per_connection must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,28 @@ Errors, as the issue asks and unlike thriftpy2's own servers, never cost the con
   naming the exception's type and message, and is logged with its traceback;
 - arguments that do not decode go back as :attr:`~offloop.codec.faults.FaultKind.BAD_REQUEST`,
   an unknown method as :attr:`~offloop.codec.faults.FaultKind.UNKNOWN_METHOD`.
+
+A string argument that is not valid UTF-8 is a bad request too, though it decodes: thriftpy2
+then hands the handler ``bytes`` where the IDL says ``string``, and the handler's failure
+(a traceback, ``internal error``) would blame the server for the caller's bytes. After
+thriftpy2 has decoded the arguments, only the IDL's string-typed places can hold such
+``bytes``, so a plan made once per method (:class:`_StringCheck`) looks there and nowhere
+else; a method without strings costs nothing. Bad requests are the caller's fault, so they are
+logged at DEBUG, and at WARNING at most once per :data:`BAD_REQUEST_LOG_INTERVAL` seconds,
+never with a traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from thriftpy2.thrift import TApplicationException
+from thriftpy2.thrift import TApplicationException, TType
 
 from offloop.batching import batch_options
 from offloop.codec.faults import FaultKind
@@ -39,6 +50,149 @@ OUTCOMES = ("ok", "exception", "error", "bad_request", "overloaded", "timeout", 
 
 #: One call's reply: its outcome tag and the reply message (None for a oneway call).
 Reply = tuple[str, bytes | None]
+
+#: Seconds between two WARNING lines about bad requests; the others go to DEBUG. A client
+#: sending garbage (a fuzzer: hundreds a second) must not flood the log with its faults.
+BAD_REQUEST_LOG_INTERVAL = 10.0
+
+
+class _RateLimitedWarning:
+    """Logs a WARNING at most once per ``interval`` seconds, the others at DEBUG, and says
+    how many it held back. Thread-safe: a thread pool's threads share one dispatcher."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._held_back = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            loud = now >= self._next
+            if loud:
+                self._next = now + self._interval
+                held_back, self._held_back = self._held_back, 0
+            else:
+                self._held_back += 1
+        if not loud:
+            log.debug("%s", message)
+        elif held_back:
+            log.warning(
+                "%s (and %d more bad requests since the last such line)", message, held_back
+            )
+        else:
+            log.warning("%s", message)
+
+
+# -- strings that are not UTF-8 --------------------------------------------------------------
+
+# Where strings can be in a value of one IDL type: ("s",) a string; ("list", elem) and
+# ("set", elem); ("map", key, value), either None if it holds no string; ("struct", cls).
+_Plan = tuple[Any, ...]
+_STRING_PLAN: _Plan = ("s",)
+
+
+class _StringCheck:
+    """Finds a value of a string-typed place that thriftpy2 left as ``bytes`` (it does so
+    when the bytes are not UTF-8) in a decoded struct, and names its path.
+
+    Plans are made once per struct class from its ``thrift_spec`` and cover only the places
+    that can hold strings (``binary`` is ``bytes`` by design and is never looked at). They are
+    all made before serving (:meth:`prepare`), so that pool threads only read them.
+    """
+
+    def __init__(self) -> None:
+        self._structs: dict[type, tuple[tuple[str, _Plan], ...]] = {}
+        self._making: set[type] = set()  # struct classes whose plan is being made
+
+    def prepare(self, cls: type) -> None:
+        """Make the plans of struct class ``cls`` and of every struct it holds."""
+        self._fields(cls)
+
+    def find(self, struct: Any) -> str | None:
+        """The path of the first string that is not UTF-8 in ``struct`` (``texts[2]``,
+        ``doc.title``), or None."""
+        found = self._find(struct, ("struct", type(struct)))
+        return None if found is None else "".join(reversed(found)).lstrip(".")
+
+    def _fields(self, cls: type) -> tuple[tuple[str, _Plan], ...]:
+        fields = self._structs.get(cls)
+        if fields is None:
+            self._making.add(cls)
+            try:
+                plans = []
+                for spec in getattr(cls, "thrift_spec", {}).values():
+                    info = spec[2] if len(spec) > 3 else None
+                    plan = self._plan(spec[0], info)
+                    if plan is not None:
+                        plans.append((str(spec[1]), plan))
+            finally:
+                self._making.discard(cls)
+            fields = self._structs[cls] = tuple(plans)
+        return fields
+
+    def _plan(self, ttype: int, info: Any) -> _Plan | None:
+        if ttype == TType.STRING:
+            return _STRING_PLAN
+        if ttype in (TType.LIST, TType.SET):
+            elem = self._plan(*_type_of(info))
+            return None if elem is None else ("list" if ttype == TType.LIST else "set", elem)
+        if ttype == TType.MAP:
+            key, value = self._plan(*_type_of(info[0])), self._plan(*_type_of(info[1]))
+            return None if key is None and value is None else ("map", key, value)
+        if ttype == TType.STRUCT:
+            # A struct within itself (a tree) is kept: its own fields say if it holds strings.
+            return ("struct", info) if info in self._making or self._fields(info) else None
+        return None
+
+    def _find(self, value: Any, plan: _Plan) -> list[str] | None:
+        """The path to the first bad string in ``value``, innermost part first; the path is
+        made only for what is found, and runs of strings are scanned at C speed."""
+        if value is None:
+            return None
+        kind = plan[0]
+        if kind == "s":
+            return [] if isinstance(value, bytes) else None
+        if kind == "list" or kind == "set":
+            elem = plan[1]
+            if elem is _STRING_PLAN and bytes not in map(type, value):
+                return None
+            for i, item in enumerate(value):
+                found = self._find(item, elem)
+                if found is not None:
+                    found.append(f"[{i}]" if kind == "list" else "{}")
+                    return found
+            return None
+        if kind == "map":
+            key_plan, value_plan = plan[1], plan[2]
+            if key_plan is not None and (key_plan is not _STRING_PLAN or bytes in map(type, value)):
+                for key in value:
+                    found = self._find(key, key_plan)
+                    if found is not None:
+                        found.append(" (a key)")
+                        return found
+            if value_plan is not None and (
+                value_plan is not _STRING_PLAN or bytes in map(type, value.values())
+            ):
+                for key, item in value.items():
+                    found = self._find(item, value_plan)
+                    if found is not None:
+                        found.append(f"[{key!r:.40}]")
+                        return found
+            return None
+        for name, field_plan in self._fields(type(value)):
+            found = self._find(getattr(value, name, None), field_plan)
+            if found is not None:
+                found.append(f".{name}")
+                return found
+        return None
+
+
+def _type_of(info: Any) -> tuple[int, Any]:
+    """A container's element spec as (type, info): thriftpy2 writes a bare type code for a
+    scalar and (type, info) otherwise."""
+    return (info, None) if isinstance(info, int) else (info[0], info[1])
 
 
 def load_handler(spec: str) -> Any:
@@ -87,6 +241,10 @@ class Dispatcher:
         self._service = service
         self._handler = handler
         self._codec = MessageCodec(protocol, limits)
+        self._strings = _StringCheck()
+        for method in service.methods.values():
+            self._strings.prepare(method.args_cls)
+        self._bad_request = _RateLimitedWarning(BAD_REQUEST_LOG_INTERVAL)
         # A batched method takes a list of calls, so it is called that way even alone.
         self._batched = frozenset(batch_options(handler))
         missing = [m for m in service.methods if not callable(getattr(handler, m, None))]
@@ -115,11 +273,20 @@ class Dispatcher:
         try:
             _, args = self._codec.decode_args(frame, method)
         except RemoteProtocolError as exc:
-            log.warning("bad arguments for %s: %s", header.name, exc)
-            return "bad_request", self._codec.fault(
-                header.name, header.seqid, FaultKind.BAD_REQUEST, str(exc)
+            return self._refuse(header, str(exc))
+        path = self._strings.find(args)
+        if path is not None:
+            return self._refuse(
+                header, f"argument {path} of {method.name} is a string that is not valid UTF-8"
             )
         return header, method, args
+
+    def _refuse(self, header: Header, detail: str) -> Reply:
+        """Answer a call whose arguments are the caller's fault with ``BAD_REQUEST``."""
+        self._bad_request(f"bad arguments for {header.name}: {detail}")
+        return "bad_request", self._codec.fault(
+            header.name, header.seqid, FaultKind.BAD_REQUEST, detail
+        )
 
     def call_one(self, frame: bytes) -> Reply:
         """Run one call."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -10,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from offloop.runtime.base import PoolStats
 
-__all__ = ["LATENCY_BUCKETS", "WorkerMetrics"]
+__all__ = ["LATENCY_BUCKETS", "ConnectionStats", "WorkerMetrics"]
 
 #: From 1 ms to 60 s: light calls land in the first buckets, deep-learning and parse calls
 #: in the middle, runaway calls near the default 30 s deadline at the top.
@@ -33,10 +34,31 @@ LATENCY_BUCKETS = (
 )
 
 
-class WorkerMetrics:
-    """Calls by method and outcome, latency, queue depth, busy workers, child restarts."""
+@dataclass(frozen=True, slots=True)
+class ConnectionStats:
+    """A snapshot of what the server's connections hold.
 
-    def __init__(self, stats: Callable[[], PoolStats], registry: CollectorRegistry | None = None):
+    Attributes:
+        partial_bytes: bytes of frames not yet whole, summed over all connections (bounded
+            by ``max_partial_bytes``).
+        throttled: connections not read now because they have ``max_calls_per_connection``
+            calls in progress.
+    """
+
+    partial_bytes: int
+    throttled: int
+
+
+class WorkerMetrics:
+    """Calls by method and outcome, latency, queue depth, busy workers, child restarts, and
+    what connections hold (when ``connections`` is given)."""
+
+    def __init__(
+        self,
+        stats: Callable[[], PoolStats],
+        registry: CollectorRegistry | None = None,
+        connections: Callable[[], ConnectionStats] | None = None,
+    ):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.calls = Counter(
@@ -57,8 +79,21 @@ class WorkerMetrics:
         )
         self.protocol_errors = Counter(
             "offloop_worker_protocol_errors",
-            "Connections closed for bad input (garbage, oversized or truncated frames).",
+            "Connections closed for bad input (garbage, oversized or truncated frames, a "
+            "frame that did not arrive whole within frame_timeout).",
             ["reason"],
+            registry=r,
+        )
+        self.connections_shed = Counter(
+            "offloop_worker_connections_shed",
+            "Connections closed to keep the worker within a limit of its own (partial_bytes: "
+            "partial frames of all connections over max_partial_bytes).",
+            ["reason"],
+            registry=r,
+        )
+        self.throttles = Counter(
+            "offloop_worker_connection_throttles",
+            "Times a connection reached max_calls_per_connection and stopped being read.",
             registry=r,
         )
         self.batch_size = Histogram(
@@ -69,6 +104,8 @@ class WorkerMetrics:
             registry=r,
         )
         r.register(_PoolCollector(stats))
+        if connections is not None:
+            r.register(_ConnectionCollector(connections))
 
     def observe(self, method: str, outcome: str, seconds: float) -> None:
         """Count one answered call."""
@@ -97,4 +134,24 @@ class _PoolCollector(Collector):
             "offloop_worker_child_restarts",
             "Worker processes replaced since start (died, or killed at their deadline).",
             value=s.restarts,
+        )
+
+
+class _ConnectionCollector(Collector):
+    """Reads what the connections hold when scraped."""
+
+    def __init__(self, stats: Callable[[], ConnectionStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily(
+            "offloop_worker_partial_frame_bytes",
+            "Bytes of frames not yet whole, all connections.",
+            value=s.partial_bytes,
+        )
+        yield GaugeMetricFamily(
+            "offloop_worker_throttled_connections",
+            "Connections not read because they have max_calls_per_connection calls in progress.",
+            value=s.throttled,
         )

@@ -14,13 +14,30 @@ client that vanishes mid-call loses only its replies. Other clients never notice
 
 How resources are bounded: frames by ``max_frame_size``; calls by the pool's admission
 (workers + ``max_queued``, beyond which a call is answered at once with ``overloaded``);
-connections by ``max_connections``; a client that does not read its replies stops being read
-(transport flow control).
+connections by ``max_connections``. Each connection, by what it may make the worker hold:
+
+- *Calls in progress* (a task each, from its frame's arrival until its reply is written) by
+  ``max_calls_per_connection``. At the bound the connection stops being read; frames
+  already read wait (at most one read's worth) and the rest of its backlog stays in the
+  kernel's socket buffers, not in this process. A pipelining client thereby
+  holds at most its share of the pool's admission, and others keep theirs.
+- *A frame not yet whole* by ``frame_timeout`` from its first byte (the connection is closed,
+  one log line, ``protocol_errors{reason="frame_timeout"}``), and all connections' such
+  bytes together by ``max_partial_bytes`` (past it the connections whose partial frame began
+  longest ago are closed: a slow sender, not one at network speed). While the worker holds a
+  connection back at its call bound, its frame clock stops: the wait is the worker's doing.
+- *Replies not read*: a client that does not read its replies stops being read and its
+  frames already read are not dispatched (transport flow control), so its replies are
+  bounded by its calls in progress.
+
+A connection's reading state is one decision (:meth:`_Connection._update_reading`): read
+unless it is at its call bound or its client is not reading replies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -38,11 +55,28 @@ from offloop.worker.admin import AdminServer
 from offloop.worker.batcher import Batcher
 from offloop.worker.config import WorkerConfig
 from offloop.worker.dispatch import DispatcherFactory, Reply
-from offloop.worker.metrics import WorkerMetrics
+from offloop.worker.metrics import ConnectionStats, WorkerMetrics
 
-__all__ = ["WorkerServer", "build_pool"]
+__all__ = ["CONNECTION_SHARE", "PARTIAL_FRAMES", "WorkerServer", "build_pool"]
 
 log = logging.getLogger("offloop.worker")
+
+#: By default one connection may hold at most 1/CONNECTION_SHARE of the pool's admission
+#: slots: 4 is the connections per backend of offloop's gateway (``pool_size``), so one
+#: gateway alone can still fill the pool, while one connection alone leaves 3/4 of it to
+#: others.
+CONNECTION_SHARE = 4
+#: By default all connections together may hold this many frames of ``max_frame_size``
+#: that are not yet whole: a few large calls arriving at once fit; a crowd of idle partial
+#: frames (32 of 16 MiB held 512 MiB) does not.
+PARTIAL_FRAMES = 8
+
+
+def default_calls_per_connection(workers: int, max_queued: int) -> int:
+    """The default of ``max_calls_per_connection``: a share of the pool's admission
+    (:data:`CONNECTION_SHARE`), and at least ``workers`` so that one client pipelining
+    calls alone keeps every worker busy."""
+    return max(workers, -(-(workers + max_queued) // CONNECTION_SHARE))
 
 
 def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
@@ -64,14 +98,39 @@ def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: frames in, replies out (in completion order)."""
+    """One client connection: frames in, replies out (in completion order).
+
+    Whole frames are taken out of the decoder as soon as they are read, and dispatched while
+    the connection has fewer than the server's ``calls_per_connection`` calls in progress
+    and its client reads its replies. At the call bound the connection is *throttled*, the
+    worker's doing; when its client does not read replies, the client's. Either way it is not
+    read, and the frames already read wait (at most what one read brought). What the decoder
+    still holds is then exactly one partial frame, which the server times and bounds
+    (:meth:`WorkerServer._account`).
+    """
 
     def __init__(self, server: WorkerServer) -> None:
         self._server = server
         self._decoder = FrameDecoder(server.config.limits.max_frame_size)
+        self._pending: collections.deque[bytes] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        #: Calls of this connection in progress: dispatched, reply not yet written.
         self.in_flight = 0
+        #: Bytes of the partial frame the decoder holds, as counted in the server's total.
+        self.partial = 0
+        #: Loop time the partial frame began arriving; None while none is timed.
+        self.partial_since: float | None = None
+        #: At its call bound: the worker, not the client, holds it back.
+        self.throttled = False
+        self.timer: asyncio.TimerHandle | None = None
+        #: Its client does not read its replies: the client holds it back.
+        self.writes_paused = False
+        self._reading = True
+
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but quack alike.
@@ -81,14 +140,66 @@ class _Connection(asyncio.Protocol):
         self._server._connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # closed by us a moment ago: what still arrives is dropped
         try:
             self._decoder.feed(data)
-            for frame in self._decoder.frames():
-                if self.transport is None or self.transport.is_closing():
-                    return  # closed for an earlier frame of this chunk: one error, one log line
-                self._server._on_frame(self, frame)
         except FrameError as exc:
             self._server._protocol_error(self, type(exc).__name__, str(exc))
+            return
+        self.pump()
+
+    def pump(self) -> None:
+        """Take the whole frames read out of the decoder, dispatch those the call bound
+        allows, then account for what is held and decide whether to read on."""
+        server = self._server
+        error: FrameError | None = None
+        completed = False
+        try:
+            for frame in self._decoder.frames():
+                self._pending.append(frame)
+                completed = True
+        except FrameError as exc:
+            error = exc  # after the frames before it, as they came
+        bound = server.calls_per_connection
+        while self._pending and not self.writes_paused:
+            if self.in_flight < bound:
+                server._on_frame(self, self._pending.popleft())
+            elif server.admission_full():
+                # Past its share while the pool has no room for anyone: refused at once,
+                # without a slot, as any call to a full pool is, so that clients (a gateway
+                # learning a backend's capacity) hear "overloaded" instead of waiting unread.
+                server._on_frame(self, self._pending.popleft(), refuse=True)
+            else:
+                break  # past its share while others may use the room: wait, unread
+            if self.closing:
+                return  # closed for an earlier frame of this read: one error, one log line
+        if error is not None:
+            server._protocol_error(self, type(error).__name__, str(error))
+            return
+        throttled = self.in_flight >= bound
+        if throttled and not self.throttled:
+            server.metrics.throttles.inc()
+        self.throttled = throttled
+        server._account(self, self._decoder.buffered, completed)
+        self._update_reading()
+
+    def call_done(self) -> None:
+        """One call of this connection finished and its reply, if any, is written."""
+        self.in_flight -= 1
+        if (self.throttled or self._pending) and not self.closing:
+            self.pump()
+
+    def _update_reading(self) -> None:
+        want = not (self.throttled or self.writes_paused)
+        if want == self._reading or self.closing:
+            return
+        self._reading = want
+        assert self.transport is not None
+        if want:
+            self.transport.resume_reading()  # an in-memory transport may deliver right here
+        else:
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         try:
@@ -99,24 +210,37 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._server._account(self, 0, False)
         self._server._connection_lost(self)
 
     def pause_writing(self) -> None:
-        # The client is not reading its replies: stop reading its calls until it does.
-        if self.transport is not None:
-            self.transport.pause_reading()
+        # The client is not reading its replies: dispatch and read nothing more until it
+        # does. Its frame clock keeps running: that wait is the client's doing.
+        self.writes_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
+        self.writes_paused = False
+        if not self.closing:
+            self.pump()
 
     def send(self, message: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if not self.closing:
+            assert self.transport is not None
             self.transport.write(encode_frame(message))
 
     def close(self) -> None:
+        """Close the connection and let go of the frames it holds. Replies already written
+        are sent first, unless the client is not reading them: then the connection is
+        aborted, or it and its replies would stay until the client reads."""
         if self.transport is not None:
-            self.transport.close()
+            if self.writes_paused:
+                self.transport.abort()
+            else:
+                self.transport.close()
+        self._decoder = FrameDecoder(self._server.config.limits.max_frame_size)
+        self._pending.clear()
+        self._server._account(self, 0, False)
 
 
 class WorkerServer:
@@ -153,9 +277,22 @@ class WorkerServer:
             config.limits.decode,
         )
         self.pool: Pool = pool if pool is not None else build_pool(config, self._factory)
-        self.metrics = WorkerMetrics(self.pool.stats)
+        limits = config.limits
+        #: Calls one connection may have in progress before it stops being read.
+        self.calls_per_connection = limits.max_calls_per_connection or (
+            default_calls_per_connection(config.workers, config.max_queued)
+        )
+        #: Bytes of partial frames all connections together may hold.
+        self.max_partial_bytes = limits.max_partial_bytes or (
+            PARTIAL_FRAMES * limits.max_frame_size
+        )
+        self.metrics = WorkerMetrics(self.pool.stats, connections=self._connection_stats)
         self._codec = MessageCodec(config.protocol, config.limits.decode)
         self._connections: set[_Connection] = set()
+        self._partial_bytes = 0
+        # Connections holding a timed partial frame, the one that began longest ago first
+        # (dicts keep insertion order; a connection re-enters at the end for a new frame).
+        self._timed: dict[_Connection, None] = {}
         self._calls: set[asyncio.Task[None]] = set()
         self._batchers: dict[str, Batcher] = {}
         self._server: asyncio.Server | None = None
@@ -271,9 +408,96 @@ class WorkerServer:
         self.metrics.protocol_errors.labels(reason).inc()
         conn.close()
 
+    def _connection_stats(self) -> ConnectionStats:
+        return ConnectionStats(
+            partial_bytes=self._partial_bytes,
+            throttled=sum(1 for c in self._connections if c.throttled),
+        )
+
+    # -- partial frames ------------------------------------------------------------------
+
+    def _account(self, conn: _Connection, partial: int, completed: bool) -> None:
+        """Account for the ``partial`` bytes of a frame not yet whole that ``conn`` holds
+        now, after a read that ``completed`` a frame or not; time that frame; shed partial
+        frames over the bound.
+
+        A partial frame is timed from the read that brought its first byte (the one that
+        completed the frame before it, or the first after none was held), except while the
+        worker throttles the connection: then the clock stops, and starts afresh when the
+        connection is read again.
+        """
+        grew = partial > conn.partial
+        self._partial_bytes += partial - conn.partial
+        conn.partial = partial
+        if conn.closing:
+            conn.partial_since = None
+            self._timed.pop(conn, None)
+            if conn.timer is not None:
+                conn.timer.cancel()
+                conn.timer = None
+        elif partial == 0 or conn.throttled:
+            conn.partial_since = None  # its timer, if any, finds nothing to do when it fires
+            self._timed.pop(conn, None)
+        elif completed or conn.partial_since is None:
+            loop = asyncio.get_running_loop()
+            conn.partial_since = loop.time()
+            self._timed.pop(conn, None)
+            self._timed[conn] = None
+            if conn.timer is None:
+                timeout = self.config.limits.frame_timeout
+                conn.timer = loop.call_later(timeout, self._frame_clock, conn)
+        if grew and self._partial_bytes > self.max_partial_bytes:
+            self._shed()
+
+    def _frame_clock(self, conn: _Connection) -> None:
+        """``conn``'s frame timer fired: close it if its partial frame is overdue, else
+        wait for what is left of the frame's time (one timer per connection, re-armed at
+        most once per frame_timeout, whatever the read rate)."""
+        conn.timer = None
+        if conn.partial_since is None or conn.closing:
+            return
+        timeout = self.config.limits.frame_timeout
+        loop = asyncio.get_running_loop()
+        left = conn.partial_since + timeout - loop.time()
+        if left > 0:
+            conn.timer = loop.call_later(left, self._frame_clock, conn)
+            return
+        self._protocol_error(
+            conn,
+            "frame_timeout",
+            f"a frame did not arrive whole within {timeout:g} s of its first byte "
+            f"(frame_timeout; {conn.partial} bytes of it received"
+            f"{', while the client did not read its replies' if conn.writes_paused else ''})",
+        )
+
+    def _shed(self) -> None:
+        """Close the connections whose partial frame began longest ago until partial frames
+        are within ``max_partial_bytes``. A throttled connection is not a candidate: the
+        worker holds it back, and its partial frame came in the read that throttled it."""
+        loop = asyncio.get_running_loop()
+        while self._partial_bytes > self.max_partial_bytes and self._timed:
+            conn = next(iter(self._timed))
+            age = loop.time() - (conn.partial_since or loop.time())
+            log.warning(
+                "closing connection from %s: partial frames of all connections hold %d bytes, "
+                "over max_partial_bytes (%d); its frame began longest ago (%.3g s, %d bytes)",
+                conn.peer,
+                self._partial_bytes,
+                self.max_partial_bytes,
+                age,
+                conn.partial,
+            )
+            self.metrics.connections_shed.labels("partial_bytes").inc()
+            conn.close()
+
     # -- calls ---------------------------------------------------------------------------
 
-    def _on_frame(self, conn: _Connection, frame: bytes) -> None:
+    def admission_full(self) -> bool:
+        """Whether the pool would refuse a call now (every worker busy, the queue full)."""
+        admission = self.pool.stats().admission
+        return admission is not None and admission.borrowed >= admission.limit
+
+    def _on_frame(self, conn: _Connection, frame: bytes, *, refuse: bool = False) -> None:
         started = time.perf_counter()
         try:
             header = self._codec.read_header(frame)
@@ -305,6 +529,19 @@ class WorkerServer:
                 )
             )
             return
+        if refuse:
+            self.metrics.observe(header.name, "overloaded", time.perf_counter() - started)
+            if header.type == CALL:
+                conn.send(
+                    self._codec.fault(
+                        header.name,
+                        header.seqid,
+                        FaultKind.OVERLOADED,
+                        f"the pool is full and this connection holds its share "
+                        f"({self.calls_per_connection} calls)",
+                    )
+                )
+            return
         conn.in_flight += 1
         task = asyncio.get_running_loop().create_task(
             self._serve_call(conn, header, frame, started)
@@ -317,11 +554,11 @@ class WorkerServer:
     ) -> None:
         try:
             outcome, reply = await self._dispatch(header, frame)
+            self.metrics.observe(header.name, outcome, time.perf_counter() - started)
+            if reply is not None and header.type == CALL:
+                conn.send(reply)
         finally:
-            conn.in_flight -= 1
-        self.metrics.observe(header.name, outcome, time.perf_counter() - started)
-        if reply is not None and header.type == CALL:
-            conn.send(reply)
+            conn.call_done()  # may dispatch this connection's next frame
 
     async def _run_batch(self, method: str, frames: list[bytes]) -> list[Any]:
         self.metrics.batch_size.labels(method).observe(len(frames))

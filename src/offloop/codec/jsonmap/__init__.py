@@ -12,11 +12,13 @@ The mapping:
 Thrift                        JSON out (``value_to_json``)            JSON in (``value_from_json``)
 ============================  ======================================  ===========================
 ``bool``                      ``true`` / ``false``                    the same; not ``0`` / ``1``
-``byte`` ``i8`` ``i16``       integer                                 integer in range (not a bool)
-``i32``
-``i64``                       integer                                 integer, or decimal string
-``double``                    number; ``"NaN"``, ``"Infinity"``,      the same; integers too
-                              ``"-Infinity"``
+``byte`` ``i8`` ``i16``       integer                                 integer in range (not a bool;
+``i32``                                                               ``45.0`` counts, ``45.5``
+                                                                      does not)
+``i64``                       integer                                 the same, or a decimal
+                                                                      string
+``double``                    number; ``"NaN"``, ``"Infinity"``,      the same; integers too; not
+                              ``"-Infinity"``                         ``1e400`` (out of range)
 ``string``                    string                                  string (valid Unicode)
 ``binary``                    base64 string (standard alphabet,       the same, strictly checked
                               padded)
@@ -34,6 +36,13 @@ struct, exception             object by field name; unset (``None``)  the same; 
 ============================  ======================================  ===========================
 
 Typedefs need nothing: thriftpy2 resolves them when it parses the IDL.
+
+Integers written as floats: JSON Schema counts ``45.0`` as an integer, and so does the mapping,
+while the float is exact (below 2**53 in magnitude); past that, a float no longer holds every
+integer (``9007199254740993.0`` parses as ``...992``), so it is refused rather than rounded.
+
+:func:`parse_json` reads a request body strictly (no ``NaN``/``Infinity`` literals, no
+duplicate keys; errors are :class:`JsonSyntaxError`); its values are what the decoders expect.
 
 Errors in input raise :class:`JsonMappingError` (status 400) with the path of the bad value:
 ``argument.`` then the argument name for :func:`args_from_json` (e.g.
@@ -55,6 +64,7 @@ from offloop.codec.jsonmap._api import (
     value_to_json,
 )
 from offloop.codec.jsonmap._errors import MAX_DEPTH, JsonEncodeError, JsonMappingError
+from offloop.codec.jsonmap._parse import JsonSyntaxError, parse_json
 from offloop.codec.jsonmap._specs import (
     MapForm,
     is_enum,
@@ -68,12 +78,14 @@ __all__ = [
     "MAX_DEPTH",
     "JsonEncodeError",
     "JsonMappingError",
+    "JsonSyntaxError",
     "MapForm",
     "Outcome",
     "args_from_json",
     "args_to_json",
     "is_enum",
     "map_form",
+    "parse_json",
     "result_to_json",
     "split_elem_spec",
     "split_field_spec",

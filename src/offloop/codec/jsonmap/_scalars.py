@@ -41,6 +41,9 @@ _DECIMAL: Final = re.compile(r"-?[0-9]+")
 # The most significant digits an i64 has; a decimal string with more is out of range before
 # int() sees it, so that no one can make us parse a megabyte of digits.
 _MAX_DIGITS: Final = 19
+# Below this magnitude a double holds every integer exactly, so an integral float there is
+# the integer its text wrote (45.0 is 45); above it, 9007199254740993.0 parses as ...992.
+_EXACT_FLOAT_INTS: Final = 2.0**53
 _SPECIAL_DOUBLES: Final[dict[str, float]] = {
     "NaN": float("nan"),
     "Infinity": float("inf"),
@@ -62,6 +65,14 @@ def _decimal(text: str) -> int | None:
 
 
 # -- scalars --------------------------------------------------------------------------------
+
+
+def _integral(value: float) -> int | None:
+    """The integer an integral float stands for (``45.0``: JSON Schema's "integer" takes
+    it); ``None`` when it has a fraction, is not finite, or is too large to be exact."""
+    if value.is_integer() and -_EXACT_FLOAT_INTS < value < _EXACT_FLOAT_INTS:
+        return int(value)
+    return None
 
 
 def identity(value: Any, depth: int) -> Any:
@@ -86,9 +97,15 @@ def int_codec(ttype: int) -> tuple[Dec, Enc]:
                 if number is not None and lo <= number <= hi:
                     return number
                 raise Fault(f"{show(value)} is out of range for {name} ({lo} to {hi})")
-            if not isinstance(value, int) or isinstance(value, bool):
+            if isinstance(value, float):
+                number = _integral(value)
+                if number is None:
+                    raise Fault(f"expected {expected}, got {show(value)}{_why_not(value)}")
+                value = number
+            elif not isinstance(value, int) or isinstance(value, bool):
                 raise Fault(f"expected {expected}, got {show(value)}")
-            value = int(value)
+            else:
+                value = int(value)
         if lo <= value <= hi:
             return value
         raise Fault(f"{value} is out of range for {name} ({lo} to {hi})")
@@ -96,10 +113,25 @@ def int_codec(ttype: int) -> tuple[Dec, Enc]:
     return dec, identity
 
 
+def _why_not(value: float) -> str:
+    """Why an integral-looking float is no integer, for an error message."""
+    if value - value != 0:  # an infinity (NaN does not parse)
+        return " (a number beyond the double range)"
+    if value.is_integer():
+        return " (an integer written as a float is exact only below 2**53)"
+    return ""
+
+
 def dec_double(value: Any, depth: int) -> Any:
     cls = value.__class__
     if cls is float:
-        return value
+        # x - x is 0 for every finite float. JSON has no infinity: 1e400 parses as one.
+        if value - value == 0:
+            return value
+        raise Fault(
+            f"{show(value)} is out of range for double"
+            ' (for an infinity, send the string "Infinity" or "-Infinity")'
+        )
     if cls is int:
         try:
             return float(value)
@@ -110,7 +142,7 @@ def dec_double(value: Any, depth: int) -> Any:
         if special is not None:
             return special
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return dec_double(float(value), depth)
     raise Fault(f'expected a number or "NaN", "Infinity", "-Infinity", got {show(value)}')
 
 
@@ -173,6 +205,10 @@ def enum_codec(enum_cls: Any) -> tuple[Dec, Enc]:
             if number is not None:
                 return number
             raise Fault(f"unknown {tname} name {show(value)} (valid: {valid})")
+        if isinstance(value, float):
+            number = _integral(value)
+            if number is not None:
+                value = number
         if isinstance(value, int) and not isinstance(value, bool):
             if value in by_value:
                 return int(value)
