@@ -49,6 +49,9 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_no_constant)
+
+
 def parse_json(data: bytes) -> Any:
     """Parse one JSON document (UTF-8, or UTF-16/32 as :func:`json.loads` detects them).
 
@@ -61,7 +64,9 @@ def parse_json(data: bytes) -> Any:
             duplicate key, or nesting the parser cannot follow.
     """
     try:
-        return json.loads(data, object_pairs_hook=_object, parse_constant=_no_constant)
+        # json.loads would build a decoder per call with these hooks: one is kept instead.
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+        return _DECODER.decode(text)
     except _Refused as exc:
         raise JsonSyntaxError(str(exc)) from None
     except RecursionError:
