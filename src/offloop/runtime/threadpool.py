@@ -61,6 +61,7 @@ class _Item:
     future: concurrent.futures.Future[Any]
     waiter: asyncio.Future[Any]
     job: bool = True
+    ran: bool = False  # counted as busy: uncounted when its slot goes back
 
 
 def _pass_on(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], future: Any) -> None:
@@ -173,7 +174,7 @@ class ThreadPool:
         if holds_slot:
             # Exactly once: when the job returns, or when it is dropped from the queue. Before
             # the waiter hears of it, so that a caller who got a result finds the slot free.
-            item.future.add_done_callback(self._release)
+            item.future.add_done_callback(lambda _future: self._release(item))
         item.future.add_done_callback(lambda future: _pass_on(loop, item.waiter, future))
         self._queue.put(item)
         return item
@@ -218,17 +219,16 @@ class ThreadPool:
             return
         with self._lock:
             self._busy += 1
+            item.ran = True
         try:
             result = item.call()
         except BaseException as exc:  # the thread must survive; the caller gets the error
             item.future.set_exception(exc)
         else:
             item.future.set_result(result)
-        finally:
-            # After the slot went back (a done callback of the line above), so that a caller
-            # who sees busy fall finds room.
-            with self._lock:
-                self._busy -= 1
+        # Busy falls with the slot, in _release (a done callback that runs before the one that
+        # hands the outcome to its waiter): a caller who has the result finds the job counted
+        # neither busy nor admitted, and one who sees busy fall finds room.
 
     @staticmethod
     def _run_boot(item: _Item) -> None:
@@ -244,8 +244,13 @@ class ThreadPool:
         except BaseException as exc:  # even SystemExit: a job must not stop the server
             raise JobFailed.from_exception(exc) from exc
 
-    def _release(self, _: object) -> None:
+    def _release(self, item: _Item) -> None:
+        """An admitted job is done, or dropped from the queue: its slot goes back, and, if it
+        ran, it stops counting as busy (slot first: who sees busy fall finds room)."""
         self._admission.release()
+        if item.ran:
+            with self._lock:
+                self._busy -= 1
 
     async def run(self, payload: Any, *, timeout: float) -> Any:
         if self._closed or self._fn is None:
