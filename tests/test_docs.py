@@ -401,7 +401,6 @@ def test_gateway(worker: str, tmp_path: Path) -> None:
 
 
 def test_gateway_mounted_in_starlette(worker: str, tmp_path: Path) -> None:
-    pytest.importorskip("starlette")
     port = free_port()
     with serving(tmp_path / "mount.log", "mount.py", worker, str(port), port=port):
         url = f"http://127.0.0.1:{port}"
@@ -418,6 +417,5 @@ def test_errors_example_prints_what_the_doc_says() -> None:
 
 
 def test_in_memory_tests_pass() -> None:
-    pytest.importorskip("httpx")
     done = run_example("-m", "pytest", "-q", str(EXAMPLES))
     assert re.search(r"\b2 passed\b", done.stdout), done.stdout
