@@ -24,6 +24,9 @@ StartWorker = Callable[..., ServerThread]
 #: Seconds a test waits for a state it expects (bounds a hang, not a speed claim).
 WAIT = 10.0
 
+#: The call deadline of the deadline test: the gated call is answered when it passes.
+DEADLINE = 3.0
+
 
 def child_pid(raw: RawClient, seqid: int = 900) -> int:
     """The pid of the child process that runs the next call."""
@@ -110,7 +113,9 @@ def test_idle_child_killed_is_replaced_with_no_call_to_set_it_off(
 def test_call_past_its_deadline_is_answered_with_an_error(
     start_worker: StartWorker, pool: str, tmp_path: Path
 ) -> None:
-    server = start_worker(workers=1, call_timeout=0.5)
+    # The deadline also bounds the ping sent to the replacement child below: long enough for
+    # a new child's first call on a loaded machine (0.5 s was not, under two CPU hogs).
+    server = start_worker(workers=1, call_timeout=DEADLINE)
     with RawClient(server.port) as raw, Gate(tmp_path) as gate:
         before = raw.call("ping", "pid", seqid=1)
         # Held until its gate opens: the answer comes at the deadline, while the call still
@@ -120,7 +125,9 @@ def test_call_past_its_deadline_is_answered_with_an_error(
         assert reply.seqid == 2
         assert reply.is_exception
         assert reply.body.type == TApplicationException.INTERNAL_ERROR
-        assert reply.body.message == "deadline exceeded: call did not finish within 0.5 s"
+        assert reply.body.message == (
+            f"deadline exceeded: call did not finish within {DEADLINE:.3g} s"
+        )
         if pool == "process":
             # The child was killed and replaced. Wait for the replacement before calling:
             # a call queued behind a slow start on a loaded machine would meet the 0.5 s
