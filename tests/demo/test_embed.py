@@ -30,6 +30,9 @@ def _config(batching: bool) -> WorkerConfig:
         port=0,
         call_timeout=60.0,
         batching=batching,
+        # Room for every concurrent caller of these tests (24), so that a slow model on a
+        # loaded machine queues them instead of refusing some as overloaded.
+        max_queued=64,
     )
 
 

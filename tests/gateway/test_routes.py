@@ -10,10 +10,12 @@ import re
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from gates import Gate
 from gateway_stack import (
     ALLTYPES_IDL,
     AllTypesHandler,
@@ -53,13 +55,6 @@ def in_background(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread,
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    return thread, out
-
-
-def slow_call_in_flight(stack: Stack, millis: int) -> tuple[threading.Thread, list[Any]]:
-    """Start ``sleep(millis)`` through the gateway and wait until it is in flight there."""
-    thread, out = in_background(stack.call, "sleep", {"millis": millis})
-    wait_until(lambda: stack.inflight() == 1, timeout=2)
     return thread, out
 
 
@@ -234,26 +229,34 @@ def test_no_backend_503(gateway_factory: GatewayFactory) -> None:
     assert_error(stack.call("ping", {"msg": "x"}), 503)
 
 
-def _assert_refused_at_once(stack: Stack) -> None:
-    """With a slow call holding the only slot, a ping is refused at once with 503."""
-    thread, out = slow_call_in_flight(stack, 800)
-    r = stack.call("ping", {"msg": "x"})
-    assert not out, "the refusal waited for the slow call to end"
-    error = assert_error(r, 503)
-    assert "overloaded" in error["message"]
-    assert r.headers["retry-after"] == "1"
-    thread.join(5)
+def _assert_refused_at_once(stack: Stack, tmp_path: Path, full: Callable[[], bool]) -> None:
+    """While a gated call holds the only slot (``full()`` says it does), a ping is refused at
+    once with 503; once the gate opens, the held call and the next ping succeed."""
+    with Gate(tmp_path) as gate:
+        thread, out = in_background(stack.call, "ping", {"msg": gate.message})
+        wait_until(full, timeout=10)
+        r = stack.call("ping", {"msg": "x"})
+        assert not out, "the refusal waited for the held call to end"
+        error = assert_error(r, 503)
+        assert "overloaded" in error["message"]
+        assert r.headers["retry-after"] == "1"
+        gate.open()
+        thread.join(30)
     assert out[0].status_code == 200, out
+    assert out[0].json() == {"result": "opened"}
     assert stack.call("ping", {"msg": "x"}).status_code == 200
 
 
-def test_gateway_overloaded_503(gateway_factory: GatewayFactory) -> None:
-    _assert_refused_at_once(gateway_factory(max_inflight=1))
+def test_gateway_overloaded_503(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    stack = gateway_factory(max_inflight=1)
+    _assert_refused_at_once(stack, tmp_path, lambda: stack.inflight() == 1)
 
 
-def test_backends_overloaded_503(gateway_factory: GatewayFactory) -> None:
-    # One worker, no queue: while a slow call runs, the backend answers 'overloaded'.
-    _assert_refused_at_once(gateway_factory(worker={"workers": 1, "max_queued": 0}))
+def test_backends_overloaded_503(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    # One worker, no queue: while the held call runs there, the backend answers 'overloaded'.
+    stack = gateway_factory(worker={"workers": 1, "max_queued": 0})
+    (worker,) = stack.workers
+    _assert_refused_at_once(stack, tmp_path, lambda: worker.pool.stats().busy == 1)
 
 
 def test_deadline_504(gateway_factory: GatewayFactory) -> None:
