@@ -9,13 +9,22 @@ import pytest
 
 from offloop.client.config import ClientConfig
 from offloop.codec.guard import DecodeLimits
-from offloop.gateway.config import FrontConfig
+from offloop.gateway.config import CallerLimits, FrontConfig
 from offloop.worker.config import WorkerLimits
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "limits.md").read_text()
 
-#: Fields that are not limits (what the front runs on, which protocol to speak).
-NOT_LIMITS = {"server", "protocol", "write_buffer_high", "retry_after", "decode"}
+#: Fields that are not limits (what the front runs on, which protocol to speak, the path
+#: prefix it is reached under).
+NOT_LIMITS = {
+    "server",
+    "protocol",
+    "transport",
+    "write_buffer_high",
+    "retry_after",
+    "decode",
+    "root_path",
+}
 
 
 def _flag(cls: type, field: dataclasses.Field[object], prefix: str) -> str:
@@ -30,6 +39,7 @@ CASES = [
         (FrontConfig, ""),
         (ClientConfig, ""),
         (DecodeLimits, "decode-"),
+        (CallerLimits, "caller-"),
     )
     for f in dataclasses.fields(cls)
     if f.name not in NOT_LIMITS

@@ -149,8 +149,8 @@ def test_a_burst_from_four_threads_is_one_line_then_one_count_after_the_window(
 
     def burst() -> None:
         start.wait()
-        for i in range(2_500):
-            captured.logger.warning("backend %s is down", i)
+        for _ in range(2_500):
+            captured.logger.warning("backend %s is down", "a")
 
     threads = [threading.Thread(target=burst) for _ in range(4)]
     for thread in threads:
@@ -161,14 +161,14 @@ def test_a_burst_from_four_threads_is_one_line_then_one_count_after_the_window(
     assert TEXT_LINE.match(captured.lines()[0])
 
     clock.now += 10.0
-    captured.logger.warning("backend %s is down", "again")
+    captured.logger.warning("backend %s is down", "a")
     lines = captured.lines()
     assert len(lines) == 2
-    expected = "backend again is down (and 9,999 more like it in the last 10 s)"
+    expected = "backend a is down (and 9,999 more like it in the last 10 s)"
     assert lines[1].endswith(expected), lines[1]
 
     clock.now += 1.0  # a new window: held back again, nothing to count yet
-    captured.logger.warning("backend %s is down", "still")
+    captured.logger.warning("backend %s is down", "a")
     assert len(captured.lines()) == 2
 
 
@@ -206,11 +206,38 @@ def test_kinds_are_independent(other: logging.LogRecord, clock: FakeClock) -> No
     assert not repeats.filter(record(other.msg, name=other.name, level=other.levelno))
 
 
-def test_the_template_decides_not_the_text(clock: FakeClock) -> None:
+def test_the_rendered_message_decides_not_the_template(clock: FakeClock) -> None:
     repeats = RepeatFilter(10.0, clock=clock)
     assert repeats.filter(record("backend %s is down", "a"))
+    assert repeats.filter(record("backend %s is down", "b"))  # another message: shown
+    assert not repeats.filter(record("backend %s is down", "a"))
     assert not repeats.filter(record("backend %s is down", "b"))
-    assert repeats.filter(record("backend a is down"))
+    assert not repeats.filter(record("backend a is down"))  # the same text, however built
+
+
+def test_two_messages_of_one_template_both_appear(captured: Captured, clock: FakeClock) -> None:
+    """One method's failures do not hide another's for the window (the gateway logs both
+    with one template)."""
+    for _ in range(3):
+        captured.logger.warning("%s%s", "Shop.place: ", ConnectionRefusedError("no backend"))
+        captured.logger.warning("%s%s", "Shop.stock: ", ConnectionRefusedError("no backend"))
+    lines = captured.lines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("Shop.place: no backend"), lines
+    assert lines[1].endswith("Shop.stock: no backend"), lines
+    clock.now += 10.0
+    captured.logger.warning("%s%s", "Shop.stock: ", ConnectionRefusedError("no backend"))
+    assert captured.lines()[2].endswith(
+        "Shop.stock: no backend (and 2 more like it in the last 10 s)"
+    )
+
+
+def test_arguments_that_do_not_fit_the_template_do_not_break_the_filter(
+    clock: FakeClock,
+) -> None:
+    repeats = RepeatFilter(10.0, clock=clock)
+    assert repeats.filter(record("backend %d is down", "not a number"))
+    assert not repeats.filter(record("backend %d is down", "not a number"))
 
 
 def test_exception_types_are_kinds_of_their_own(clock: FakeClock) -> None:
@@ -229,9 +256,9 @@ def test_exception_types_are_kinds_of_their_own(clock: FakeClock) -> None:
 def test_exceptions_among_the_arguments_are_kinds_of_their_own(clock: FakeClock) -> None:
     """The gateway logs every 5xx as ``log.warning("%s%s", prefix, exc)``."""
     repeats = RepeatFilter(10.0, clock=clock)
-    assert repeats.filter(record("%s%s", "A.ping: ", ConnectionRefusedError("no backend")))
-    assert repeats.filter(record("%s%s", "A.ping: ", TimeoutError("deadline")))
-    assert not repeats.filter(record("%s%s", "B.parse: ", ConnectionRefusedError("no backend")))
+    assert repeats.filter(record("%s%s", "A.ping: ", ConnectionRefusedError("failed")))
+    assert repeats.filter(record("%s%s", "A.ping: ", TimeoutError("failed")))  # same text
+    assert not repeats.filter(record("%s%s", "A.ping: ", ConnectionRefusedError("failed")))
 
 
 @pytest.mark.parametrize(
@@ -279,7 +306,7 @@ def test_counts_held_back_are_written_when_the_handler_closes(
     captured.handler.close()
     lines = captured.lines()
     assert len(lines) == 2
-    assert lines[1].endswith("backend %s is down (and 4 more like it in the last 3.0 s)")
+    assert lines[1].endswith("backend a is down (and 4 more like it in the last 3.0 s)")
     assert " ERROR offloop.test[" in lines[1]
 
 

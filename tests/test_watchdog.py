@@ -470,3 +470,28 @@ def test_config_derives_its_intervals() -> None:
     assert config.effective_check_interval == 0.025
     assert WatchdogConfig(lag_interval=0.005).heartbeat_interval == 0.005
     assert WatchdogConfig(check_interval=0.1).effective_check_interval == 0.1
+
+
+def test_the_end_of_a_stall_in_the_idle_poll_says_the_machine_is_busy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An idle loop late out of its poll with its thread off the CPU: the process was not
+    scheduled, which the line says, rather than a bare "0% of it on CPU" that reads as the
+    loop's fault. A stall in code keeps the bare share (there, it means waiting)."""
+    from offloop.watchdog._watchdog import _Stall
+
+    watchdog = LoopWatchdog(FAST)
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        watchdog._end_stall(_Stall(1, 10.0, IDLE_POLL), 0.142, 0.0)
+        watchdog._end_stall(_Stall(2, 20.0, "__main__:wait (app.py:6)"), 0.3, 0.01)
+        watchdog._end_stall(_Stall(3, 30.0, IDLE_POLL), 0.2, 0.9)
+    idle, code, busy = [r.getMessage() for r in caplog.records if r.name == LOGGER_NAME]
+    assert idle == (
+        f"event loop stall ended after 142 ms (in {IDLE_POLL}; 0% of it on CPU: the loop was "
+        "idle and the process was not scheduled, so the machine is busy, not the loop)"
+    )
+    assert (
+        code == "event loop stall ended after 300 ms (in __main__:wait (app.py:6); 1% of it on CPU)"
+    )
+    assert busy == f"event loop stall ended after 200 ms (in {IDLE_POLL}; 90% of it on CPU)"
+    assert watchdog.stalls_total == 3

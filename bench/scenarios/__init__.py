@@ -19,6 +19,9 @@ SCENARIOS: dict[str, str] = {
     "peer": "bench.scenarios.peer",
     "embed": "bench.scenarios.embed",
     "watchdog": "bench.scenarios.watchdog",
+    "callers": "bench.scenarios.callers",
+    "tls": "bench.scenarios.tls",
+    "fleet": "bench.scenarios.fleet",
 }
 """Scenario name -> module."""
 

@@ -4,18 +4,23 @@ Two thread-pool workers serve the real all-MiniLM-L6-v2 model (``offloop[dl]``):
 ``embed`` batched (the default, ``@batched(max_batch=32, max_wait_ms=5)``), one with
 ``--no-batching``; one gateway in front of each. Closed-loop clients, each sending one text per
 call, at 1, 8 and 64 concurrent callers; the two contenders alternate within each repeat.
+Each repeat also measures the model alone, called in process at batch sizes 1, 8 and 32
+(``bench.scenarios.embed_inprocess``): what batching at 64 callers is held against.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 from typing import Any
 
 from bench import plots
-from bench.common import Services, Spread, fmt_ratio, latency_summary, ratio
+from bench.common import PY, ROOT, Services, Spread, fmt_num, fmt_ratio, latency_summary, ratio
 from bench.loadgen import HttpStream, run_load
 from bench.report import Context, ScenarioResult, Table
-from bench.servers import gateway, rpc_body, worker
+from bench.servers import SINGLE_BLAS_THREAD, gateway, rpc_body, worker
 
 NAME = "embed"
 SUMMARY = "sentence embeddings through the gateway: dynamic batching on vs off"
@@ -31,6 +36,9 @@ WORKERS = 2
 
 ON = "batching on"
 OFF = "batching off"
+
+MODEL_BATCHES = (1, 8, 32)
+"""Batch sizes of the in-process measurement: one text, a few, the worker's max_batch."""
 
 
 def run(ctx: Context) -> ScenarioResult:
@@ -61,7 +69,7 @@ def run(ctx: Context) -> ScenarioResult:
     samples: dict[tuple[str, int], dict[str, list[float]]] = {}
     raw: dict[str, Any] = {"runs": []}
     with Services(ctx.log_dir(NAME)) as svcs:
-        ctx.begin(NAME, 2 + repeats * 2 * len(CALLERS))
+        ctx.begin(NAME, 2 + repeats * (2 * len(CALLERS) + 1))
         ctx.step(f"{NAME}: starting workers (loading the model)")
         svcs.start(
             [
@@ -103,6 +111,11 @@ def run(ctx: Context) -> ScenarioResult:
                         "calls": r.summary(), "latency_ms": lat, "generator": load.generator(),
                     })  # fmt: skip
                     ctx.advance()
+            ctx.step(f"{NAME}: the model in process (repeat {rep + 1}/{repeats})")
+            rates = _in_process(duration)
+            for size, per_s in rates.items():
+                samples.setdefault(("model", size), {}).setdefault("rate", []).append(per_s)
+            raw.setdefault("in_process", []).append(rates)
     result.raw = raw
     rows = []
     for callers in CALLERS:
@@ -168,14 +181,54 @@ def run(ctx: Context) -> ScenarioResult:
         f"p99 no worse: {'met' if p99_on <= p99_off else 'MISSED'} "
         f"({p99_on:,.1f} vs {p99_off:,.1f} ms)."
     )
+    lone = ratio(
+        Spread.of(samples[(ON, 1)]["rate"]).median, Spread.of(samples[(OFF, 1)]["rate"]).median
+    )
+    result.notes.append(
+        f"Target (issue 16), 1 caller: batching on ≥ 0.95x off: "
+        f"{'met' if lone >= 0.95 else 'MISSED'} ({fmt_ratio(lone)})."
+    )
+    best_size, best = max(
+        ((size, Spread.of(samples[("model", size)]["rate"]).median) for size in MODEL_BATCHES),
+        key=lambda item: item[1],
+    )
+    served = Spread.of(on["rate"]).median
+    result.notes.append(
+        f"Target (issue 16), {top} callers: ≥ 90 % of the model's in-process throughput at its "
+        f"best batch size ({best_size}: {fmt_num(best)}/s, measured in this run; by size: "
+        + ", ".join(
+            f"{size}: {fmt_num(Spread.of(samples[('model', size)]['rate']).median)}/s"
+            for size in MODEL_BATCHES
+        )
+        + f"): {'met' if served >= 0.9 * best else 'MISSED'} "
+        f"({100 * ratio(served, best):.0f} %, {fmt_num(served)}/s)."
+    )
     result.reading = (
-        "Alone, a call waits up to 5 ms for company and then runs by itself, so batching "
-        "costs little at one caller. With many callers each forward pass carries up to 32 "
-        "texts for little more than the cost of one, so throughput grows with the batch, "
-        "and queued calls wait for fewer passes, which is why the tail shrinks too."
+        "Alone, a call finds a worker idle and leaves at once, as a batch of one, so batching "
+        "costs nothing at one caller. With many callers each forward pass carries up to 32 "
+        "texts for little more than the cost of one: calls that arrive while the workers run "
+        "batches join the next one, so throughput grows with the batch, and queued calls "
+        "wait for fewer passes, which is why the tail shrinks too."
     )
     return result
 
 
 def _mmm(s: Spread) -> tuple[float, float, float]:
     return (s.median, s.min, s.max)
+
+
+def _in_process(seconds: float) -> dict[int, float]:
+    """The model's embeddings/s at each of :data:`MODEL_BATCHES`, called directly in a
+    process of its own with every core (:mod:`bench.scenarios.embed_inprocess`)."""
+    out = subprocess.run(
+        [PY, "-m", "bench.scenarios.embed_inprocess", TEXT, str(seconds)]
+        + [str(size) for size in MODEL_BATCHES],
+        cwd=ROOT,
+        env={**os.environ, **SINGLE_BLAS_THREAD},
+        capture_output=True,
+        check=True,
+        timeout=600,
+    )
+    return {
+        int(size): rate for size, rate in json.loads(out.stdout.decode().splitlines()[-1]).items()
+    }

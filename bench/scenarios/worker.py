@@ -5,7 +5,8 @@
 - the same on ``--pool thread --workers 2`` (expected about 20/s: the GIL);
 - ``crunch`` (GIL-releasing) on the thread pool, against 2 / its task time;
 - ``ping`` from 64 concurrent callers on each pool, and on thriftpy2's own asyncio server
-  (``make_aio_server``) running the handler inline: what the pool hand-off costs.
+  (``make_aio_server``) running the handler inline: what the pool hand-off costs; and
+  ``ping`` run on the worker's loop (``@inline``, ``async def``), without a hand-off.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ CRUNCH_N = 800
 PROCESS = "offloop worker, process pool"
 THREAD = "offloop worker, thread pool"
 THRIFTPY2 = "thriftpy2 make_aio_server, inline"
+INLINE = "offloop worker, @inline ping"
+ASYNC = "offloop worker, async def ping"
+HANDLERS = "bench.scenarios.worker_handlers"
 
 
 def run(ctx: Context) -> ScenarioResult:
@@ -66,6 +70,8 @@ def run(ctx: Context) -> ScenarioResult:
         ("ping", PROCESS, "ping-process", ping),
         ("ping", THREAD, "ping-thread", ping),
         ("ping", THRIFTPY2, "thriftpy2", ping),
+        ("ping", INLINE, "ping-inline", ping),
+        ("ping", ASYNC, "ping-async", ping),
     ]
     samples: dict[tuple[str, str], dict[str, list[float]]] = {}
     raw: dict[str, Any] = {"runs": []}
@@ -94,6 +100,18 @@ def run(ctx: Context) -> ScenarioResult:
                     extra=["--nice", "0"],
                 ),
                 baseline("thriftpy2", "thriftpy2_aio.py", ready_path=None),
+                # Light calls on the worker's loop, no hand-off (the process pool stays
+                # for the other methods).
+                *(
+                    worker(
+                        f"ping-{kind}",
+                        pool="process",
+                        workers=POOL,
+                        max_queued=2 * PING_CALLERS,
+                        extra=["--nice", "0", "--handler", f"{HANDLERS}:{cls}"],
+                    )
+                    for kind, cls in (("inline", "InlineHandler"), ("async", "AsyncHandler"))
+                ),
             ],
             on_wait=ctx.tick,
         )
@@ -199,11 +217,18 @@ def run(ctx: Context) -> ScenarioResult:
         f"Target (issue 2): burn({BURN_MS}) on the process pool ≥ 90 % of {burn_limit:g}/s: "
         f"{'met' if proc >= 0.9 * burn_limit else 'MISSED'} ({fmt_num(proc)}/s)."
     )
+    for label in (INLINE, ASYNC):
+        light = Spread.of(samples[("ping", label)]["rate"]).median
+        result.notes.append(
+            f"Target (issue 16): ping on {label} ≥ 0.9x {THRIFTPY2}: "
+            f"{'met' if light >= 0.9 * base else 'MISSED'} ({fmt_ratio(ratio(light, base))})."
+        )
     result.reading = (
         "The process pool turns both cores into burn calls; the thread pool runs one at a "
         "time whatever its size (the GIL), yet matches the process pool on crunch, whose "
         "matrix product releases the GIL. On ping, the pool hand-off (a queue and a thread or "
-        "a pipe to a process per call) is the price of never running a handler on the loop."
+        "a pipe to a process per call) is the price of never running a handler on the loop; "
+        "a method marked `@inline` or written `async def` runs on the loop and skips it."
     )
     return result
 

@@ -1,6 +1,5 @@
 """The gateway under /api of a Starlette app: python docs/examples/mount.py [WORKER] [PORT]."""
 
-import contextlib
 import sys
 
 import uvicorn
@@ -13,20 +12,16 @@ from offloop import ASGIApp, GatewayConfig, build_gateway
 
 host, port = (sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:9090").rsplit(":", 1)
 gateway = build_gateway(GatewayConfig(idl=IDL, backends={"*": ((host, int(port)),)}))
+api = ASGIApp(gateway)
 
 
 async def home(request):
     return PlainTextResponse("the Echo API is under /api\n")
 
 
-@contextlib.asynccontextmanager
-async def lifespan(app):
-    await gateway.startup()  # a mounted app gets no lifespan events of its own
-    yield
-    await gateway.shutdown()  # drains calls in flight, closes the connections
-
-
-app = Starlette(routes=[Route("/", home), Mount("/api", app=ASGIApp(gateway))], lifespan=lifespan)
+# A mounted app gets no lifespan events of its own: the host's lifespan starts the gateway,
+# and on shutdown drains its calls in flight and closes its connections to the workers.
+app = Starlette(routes=[Route("/", home), Mount("/api", app=api)], lifespan=api.lifespan)
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]) if len(sys.argv) > 2 else 8000)

@@ -22,7 +22,10 @@ def batched(*, max_batch: int = 32, max_wait_ms: float = 5.0) -> Callable[[F], F
 
     Args:
         max_batch: most calls merged into one handler call.
-        max_wait_ms: longest a call waits for others to join its batch.
+        max_wait_ms: longest a call waits for others while the pool is busy with other
+            calls. A call that finds a worker idle leaves at once, and calls that arrive
+            while the method's batches fill every worker join the next batch, which leaves
+            when one of them finishes (see :mod:`offloop.worker.batcher`).
     """
     if max_batch < 1:
         raise ValueError("max_batch must be at least 1")

@@ -7,8 +7,10 @@ result structs, declared exceptions, oneway-ness.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -53,9 +55,10 @@ class MethodInfo:
     arg_names: tuple[str, ...]
     exceptions: tuple[tuple[str, Any], ...]
 
-    @property
+    @functools.cached_property
     def returns_void(self) -> bool:
-        """Whether the method has no return value (``void``)."""
+        """Whether the method has no return value (``void``); read on every call, so
+        computed once."""
         return not any(spec[1] == "success" for spec in self.result_cls.thrift_spec.values())
 
 
@@ -78,22 +81,43 @@ class ServiceInfo:
 
 
 def load_idl(path: str | os.PathLike[str]) -> ModuleType:
-    """Parse a ``.thrift`` file into a module of Python classes.
+    """Parse a ``.thrift`` file into a module of Python classes, once per file.
+
+    The module is cached by the file's resolved path (symbolic links and relative paths
+    resolved): every call for the same file in a process returns the same module, the one the
+    worker dispatches with. A handler that takes its exception and struct classes from
+    ``offloop.load_idl(path)`` therefore raises and returns the worker's own classes.
 
     Raises:
         IdlError: the file is missing or does not parse.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise IdlError(f"IDL file not found: {path}")
-    base = os.path.splitext(os.path.basename(path))[0]
-    # A module name unique to the file's path, so that two IDLs of the same base name in one
-    # process do not replace each other; thriftpy2 requires the "_thrift" suffix.
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
-    try:
-        return thriftpy2.load(path, module_name=f"{base}_{digest}_thrift")  # type: ignore[no-any-return]
-    except Exception as exc:
-        raise IdlError(f"cannot load IDL {path}: {exc}") from exc
+        # The absolute path: a relative one resolves against the current directory, which
+        # is not always the one the caller expects (``--app-dir``, a service manager).
+        tried = os.path.abspath(path)
+        given = "" if tried == path else f" (given as {path!r})"
+        raise IdlError(f"IDL file not found: {tried}{given}")
+    resolved = os.path.realpath(path)
+    with _LOADED_LOCK:
+        module = _LOADED.get(resolved)
+        if module is not None:
+            return module
+        base = os.path.splitext(os.path.basename(resolved))[0]
+        # A module name unique to the file's path, so that two IDLs of the same base name in
+        # one process do not replace each other; thriftpy2 requires the "_thrift" suffix.
+        digest = hashlib.sha1(resolved.encode()).hexdigest()[:8]
+        try:
+            loaded: ModuleType = thriftpy2.load(resolved, module_name=f"{base}_{digest}_thrift")
+        except Exception as exc:
+            raise IdlError(f"cannot load IDL {path}: {exc}") from exc
+        _LOADED[resolved] = loaded
+        return loaded
+
+
+#: Loaded IDL modules by resolved path (:func:`load_idl`); a process loads a handful of IDLs.
+_LOADED: dict[str, ModuleType] = {}
+_LOADED_LOCK = threading.Lock()
 
 
 def included_modules(modules: Iterable[ModuleType]) -> list[ModuleType]:

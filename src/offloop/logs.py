@@ -7,9 +7,11 @@ replaces that handler, so it is idempotent; handlers that others installed are l
 
 Repeats. A failing backend makes every request log the same warning: 153,000 lines in 40 s
 with no backend up. :class:`RepeatFilter` lets a record through at most once per
-``repeat_window`` seconds per *kind* (logger, level, message template, exception types); the
-next one through after the window says how many were held back ("... (and 1,523 more like it in
-the last 10 s)"). Which levels it limits, and why:
+``repeat_window`` seconds per *kind* (logger, level, message as rendered, exception types);
+the next one through after the window says how many were held back ("... (and 1,523 more like
+it in the last 10 s)"). The rendered message, not the template: ``"%s failed: %s"`` about
+``Shop.place`` and about ``Shop.stock`` are two lines to see, not one. Which levels it limits,
+and why:
 
 - ``DEBUG`` passes: asking for DEBUG is asking for every line, and it is off by default.
 - ``INFO``, ``WARNING`` and ``ERROR`` are limited. Errors too: a backend that is down makes
@@ -49,6 +51,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
+from offloop.context import REQUEST_ID
+
 __all__ = [
     "ACCESS_LOGGER",
     "CHILD_LOG_FORMAT",
@@ -80,10 +84,12 @@ LOG_FORMATS = ("text", "json")
 #: The logger of the access log: one INFO record per HTTP request (see :func:`log_access`).
 ACCESS_LOGGER = "offloop.access"
 
-#: Kinds of record the repeat filter remembers, least recently seen forgotten first. A program
-#: has a few hundred templates (each is a line of its source), so 1,024 holds them all; the cap
-#: only matters when messages are built before logging (an f-string makes every record a kind
-#: of its own), and then it bounds the table at about 1,024 entries whatever the traffic.
+#: Kinds of record the repeat filter remembers, least recently seen forgotten first. A kind is
+#: a rendered message (its template and arguments), so a line that names a method, a backend
+#: or a peer makes one kind of each; a busy process repeats a few hundred of them at a time,
+#: and 1,024 holds those. Messages that differ every time (a count, a port) make every record
+#: a kind of its own: then the cap bounds the table at 1,024 entries whatever the traffic, and
+#: the least recently seen kinds are forgotten (with their counts) first.
 MAX_TEMPLATES = 1024
 
 #: The lowest and highest levels the repeat filter limits (the module's docstring says why).
@@ -105,12 +111,14 @@ class LogConfig:
     Attributes:
         level: the lowest level logged, one of ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``
             and ``CRITICAL``, in any case.
-        format: ``text``, one line per record (time, level, logger[pid]: message), or
+        format: ``text``, one line per record (time, level, logger[pid]: message, then
+            ``request_id=...`` for a line about a request), or
             ``json``, one JSON object per line (time, level, logger, process, message, and
             exception, request_id and the like when present).
-        repeat_window: seconds: the same message (logger, level, template) is logged at most
-            once per window, and the next one after the window says how many were held back;
-            DEBUG, CRITICAL and the access log are never held back; 0 turns this off.
+        repeat_window: seconds: the same message (logger, level, text with its arguments) is
+            logged at most once per window, and the next one after the window says how many
+            were held back; DEBUG, CRITICAL and the access log are never held back; 0 turns
+            this off.
         access_log: log one line per HTTP request (method, path, status, duration) at INFO,
             whatever the level.
     """
@@ -153,11 +161,12 @@ class _Window:
 class RepeatFilter(logging.Filter):
     """Let each kind of record through at most once per window; count the rest.
 
-    A kind is the logger's name, the level, the message template (``record.msg``, before its
-    arguments are filled in) and the types of the exceptions the record carries: its
-    ``exc_info``'s and those among its arguments. The exceptions count because a template as
-    general as ``"%s%s"`` (the gateway's ``log.warning("%s%s", prefix, exc)``) would otherwise
-    make one kind of every failure; with them, "no backend" and "deadline exceeded" stay apart.
+    A kind is the logger's name, the level, the message as rendered (``record.getMessage()``:
+    the template with its arguments filled in) and the types of the exceptions the record
+    carries: its ``exc_info``'s and those among its arguments. The rendered message, so that
+    one template about two methods (the gateway's ``log.warning("%s%s", prefix, exc)`` for
+    ``Shop.place`` and for ``Shop.stock``) makes two kinds: neither hides the other. The
+    exception types, so that two failures whose text happens to match stay apart.
     The first record of a kind opens
     a window and passes; the others inside the window are held back and counted; the first one
     after it passes, opens the next window, and carries the count as ``record.suppressed``
@@ -166,8 +175,8 @@ class RepeatFilter(logging.Filter):
 
     Only INFO to ERROR are limited (see the module's docstring); records of
     :data:`ACCESS_LOGGER` always pass. At most ``max_templates`` kinds are remembered (least
-    recently seen forgotten first, with their counts). Thread-safe: one lock, held for a
-    dictionary look-up.
+    recently seen forgotten first, with their counts: :data:`MAX_TEMPLATES` by default).
+    Thread-safe: one lock, held for a dictionary look-up.
 
     Args:
         window: seconds per window; must be > 0 (no filter at all is what 0 means).
@@ -201,7 +210,10 @@ class RepeatFilter(logging.Filter):
         level = record.levelno
         if not LIMITED_LEVELS[0] <= level <= LIMITED_LEVELS[1] or _is_access(record.name):
             return True
-        msg = record.msg if isinstance(record.msg, str) else str(record.msg)
+        try:
+            msg = record.getMessage()
+        except Exception:  # arguments that do not fit the template: logging reports it later
+            msg = record.msg if isinstance(record.msg, str) else str(record.msg)
         error = record.exc_info[0] if record.exc_info else None
         args = record.args
         among = tuple(type(a) for a in args if isinstance(a, BaseException)) if args else ()
@@ -226,8 +238,8 @@ class RepeatFilter(logging.Filter):
         return True
 
     def drain(self) -> list[logging.LogRecord]:
-        """Records saying what is held back now, one per kind (its template as the message,
-        the count as ``suppressed``); the counts start again from 0."""
+        """Records saying what is held back now, one per kind (its rendered message, the
+        count as ``suppressed``); the counts start again from 0."""
         now = self._clock()
         records = []
         with self._lock:
@@ -277,7 +289,23 @@ class TextFormatter(logging.Formatter):
         super().__init__(fmt)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return super().formatMessage(record) + _held_back(record)
+        line = super().formatMessage(record)
+        request_id = getattr(record, "request_id", None)
+        if request_id is not None and record.name != ACCESS_LOGGER:  # that one says it already
+            line += f" request_id={request_id}"
+        return line + _held_back(record)
+
+
+def _stamp_request_id(record: logging.LogRecord) -> bool:
+    """Give ``record`` the id of the request being served (:data:`offloop.context.REQUEST_ID`)
+    as its ``request_id``, where it has none; :class:`TextFormatter` ends the line with it
+    and :class:`JsonFormatter` makes it a field. A filter, so that the id is read in the
+    thread and task that logged, even if the line is written later."""
+    if not hasattr(record, "request_id"):
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            record.request_id = request_id
+    return True
 
 
 #: The attributes every record has; any other is an ``extra`` key.
@@ -363,6 +391,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self.config = config
         self.repeats = repeats
+        self.addFilter(_stamp_request_id)
         if repeats is not None:
             self.addFilter(repeats)
 
@@ -510,6 +539,7 @@ def log_access(
     duration_ms: float,
     *,
     request_id: str | None = None,
+    caller: str | None = None,
 ) -> None:
     """Log one HTTP request to :data:`ACCESS_LOGGER`, if the access log is on.
 
@@ -525,6 +555,8 @@ def log_access(
         status: the response's status.
         duration_ms: from the request's first byte to the response's last, in milliseconds.
         request_id: the request's id, when the gateway has one.
+        caller: who made the request (``key:billing``, ``jwt:alice``, ``address:10.0.0.7``),
+            when known; then ``caller=...`` ends the text line, and JSON has ``caller``.
     """
     if not _access.isEnabledFor(logging.INFO):
         return
@@ -535,19 +567,17 @@ def log_access(
         "status": status,
         "duration_ms": round(duration_ms, 3),
     }
-    if request_id is None:
-        _access.info("%s %s %d %.1f ms", method, path, status, duration_ms, extra=extra)
-    else:
+    fmt = "%s %s %d %.1f ms"
+    args: list[object] = [method, path, status, duration_ms]
+    if request_id is not None:
         extra["request_id"] = request_id = _printable(request_id)
-        _access.info(
-            "%s %s %d %.1f ms request_id=%s",
-            method,
-            path,
-            status,
-            duration_ms,
-            request_id,
-            extra=extra,
-        )
+        fmt += " request_id=%s"
+        args.append(request_id)
+    if caller is not None:
+        extra["caller"] = caller = _printable(caller)
+        fmt += " caller=%s"
+        args.append(caller)
+    _access.info(fmt, *args, extra=extra)
 
 
 def _printable(text: str) -> str:

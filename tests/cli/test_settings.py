@@ -322,6 +322,21 @@ def sample(path: tuple[str, ...], flag: str, kind: Any, default: Any) -> tuple[l
         return [option, "TextLab=10.0.0.9:9999"], {"TextLab": (("10.0.0.9", 9999),)}
     if path == ("handler",):
         return [option, "pkg.mod:Thing"], "pkg.mod:Thing"
+    # Fields whose values have a form of their own, or that need another field set with them.
+    if path == ("front", "root_path"):
+        return [option, "/api"], "/api"
+    jwt_needs = ["--auth-issuer", "https://issuer.example", "--auth-audience", "offloop"]
+    if path == ("auth", "jwt_key_file"):
+        return [option, "keys.pem", *jwt_needs], "keys.pem"
+    if path == ("auth", "jwks_url"):
+        url = "https://issuer.example/jwks.json"
+        return [option, url, *jwt_needs], url
+    if path == ("auth", "algorithms"):
+        return [option, "ES256", option, "EdDSA"], ("ES256", "EdDSA")
+    if path == ("auth", "scopes"):
+        return [option, "read=TextLab.ping"], ("read=TextLab.ping",)
+    if path == ("cors", "origins"):
+        return [option, "https://app.example"], ("https://app.example",)
     if kind is bool:
         return [option if not default else f"--no-{flag}"], not default
     if origin is Literal:
@@ -331,6 +346,8 @@ def sample(path: tuple[str, ...], flag: str, kind: Any, default: Any) -> tuple[l
         return [option, "1"], 1
     if kind == float | None:
         return [option, "0.01"], 0.01
+    if kind == str | None:
+        return [option, "value"], "value"
     if kind is int:
         return [option, str(default + 1)], default + 1
     if kind is float:
@@ -506,7 +523,8 @@ def test_a_dataclass_refusing_a_value_is_blamed_on_its_source(
     [
         (["--protocol", "json"], "--protocol: expected one of binary, compact, got 'json'"),
         (["--backend", "nope"],
-         "--backend: backend must look like [Service=]host:port, got 'nope'"),
+         "--backend: backend must look like [Service=]TARGET, got 'nope': 'nope' has no port "
+         "(expected host:port)"),
         (["--exception-status", "Oops"], "--exception-status: expected TYPE=STATUS, got 'Oops'"),
         (["--timeout", "soon"], "--timeout: expected a number, got 'soon'"),
         (["--bogus"], "unrecognized arguments: --bogus"),

@@ -81,6 +81,8 @@ class Fake(asyncio.Protocol):
 
 
 class FakeServer:
+    """Plain framed Thrift only: its clients are told so (``transport="framed"``)."""
+
     def __init__(self, protocol: ProtocolName = "binary") -> None:
         self.codec = MessageCodec(protocol)
         self.accepted = 0
@@ -157,7 +159,8 @@ def ping(client: BlockingClient, msg: str, timeout: float = 2.0) -> Any:
 def test_replies_and_errors_map_like_the_async_client(protocol: ProtocolName) -> None:
     async def main() -> None:
         async with FakeServer(protocol) as server:
-            client = BlockingClient("127.0.0.1", server.port, ClientConfig(protocol=protocol))
+            config = ClientConfig(protocol=protocol, transport="framed")
+            client = BlockingClient("127.0.0.1", server.port, config)
             try:
                 assert await ping(client, "hello") == "hello"
                 assert await ping(client, "stale") == "stale"  # unknown seqid: dropped
@@ -187,7 +190,7 @@ def test_replies_and_errors_map_like_the_async_client(protocol: ProtocolName) ->
 def test_bomb_reply_is_refused_without_allocating_it() -> None:
     async def main() -> None:
         async with FakeServer() as server:
-            client = BlockingClient("127.0.0.1", server.port, ClientConfig())
+            client = BlockingClient("127.0.0.1", server.port, ClientConfig(transport="framed"))
             try:
                 with pytest.raises(RemoteProtocolError):
                     await ping(client, "bomb")
@@ -200,7 +203,7 @@ def test_bomb_reply_is_refused_without_allocating_it() -> None:
 def test_timeout_resets_the_socket() -> None:
     async def main() -> None:
         async with FakeServer() as server:
-            client = BlockingClient("127.0.0.1", server.port, ClientConfig())
+            client = BlockingClient("127.0.0.1", server.port, ClientConfig(transport="framed"))
             try:
                 with pytest.raises(DeadlineExceeded):
                     await ping(client, "silent", timeout=0.1)
@@ -216,7 +219,7 @@ def test_timeout_resets_the_socket() -> None:
 def test_idle_socket_closed_by_peer_reconnects_transparently() -> None:
     async def main() -> None:
         async with FakeServer() as server:
-            client = BlockingClient("127.0.0.1", server.port, ClientConfig())
+            client = BlockingClient("127.0.0.1", server.port, ClientConfig(transport="framed"))
             try:
                 assert await ping(client, "one") == "one"
                 sock = client._sock
@@ -233,7 +236,7 @@ def test_idle_socket_closed_by_peer_reconnects_transparently() -> None:
 
 
 def test_connect_refused_is_not_sent() -> None:
-    client = BlockingClient("127.0.0.1", free_port(), ClientConfig())
+    client = BlockingClient("127.0.0.1", free_port(), ClientConfig(transport="framed"))
     with pytest.raises(NotSentConnectError) as exc_info:
         client.call(PING, PING.args_cls(msg="x"), time.monotonic() + 1, 1)
     assert exc_info.value.blame is Blame.BACKEND
@@ -252,7 +255,7 @@ def test_bad_or_oversized_arguments_are_refused_before_connecting() -> None:
 def test_interrupt_wakes_a_blocked_call() -> None:
     async def main() -> None:
         async with FakeServer() as server:
-            client = BlockingClient("127.0.0.1", server.port, ClientConfig())
+            client = BlockingClient("127.0.0.1", server.port, ClientConfig(transport="framed"))
             call = ping(client, "silent", timeout=5.0)
             task = asyncio.ensure_future(call)
             # The call is sent and blocked on its reply, which never comes.

@@ -34,7 +34,7 @@ PARSE = SERVICE.methods["parse"]
 T = load_idl(faulty.IDL)
 #: Examples per run; OFFLOOP_FUZZ_EXAMPLES raises it for a long run.
 EXAMPLES = int(os.environ.get("OFFLOOP_FUZZ_EXAMPLES", "40"))
-CONFIG = ClientConfig(max_frame_size=4096, connect_timeout=2.0)
+CONFIG = ClientConfig(max_frame_size=4096, connect_timeout=2.0, transport="framed")
 
 
 def _one_shot_server(reply: bytes) -> tuple[socket.socket, threading.Thread]:

@@ -292,11 +292,10 @@ def test_the_balancer_never_picks_a_backend_at_its_learned_limit() -> None:
 
 
 def test_refusals_that_are_not_about_capacity_teach_nothing() -> None:
-    (a,) = backends(1)
-    balancer = Balancer([a])
-
     async def main() -> None:
         for exc in (ShuttingDown("draining"), NotSentOverloaded("our own connection is full")):
+            (a,) = backends(1)  # a backend shutting down drains: one each
+            balancer = Balancer([a])
 
             async def attempt(backend: Backend, remaining: float, exc: Exception = exc) -> Any:
                 raise exc

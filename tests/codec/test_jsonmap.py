@@ -18,6 +18,7 @@ from offloop.codec.jsonmap import (
     JsonEncodeError,
     JsonMappingError,
     Outcome,
+    ReplyBreaksIdl,
     args_from_json,
     args_to_json,
     map_form,
@@ -31,6 +32,7 @@ from offloop.codec.jsonmap import (
 )
 from offloop.errors import Blame, LocalProtocolError, RemoteProtocolError
 from offloop.idl import load_idl, service_info
+from offloop.idl_requiredness import marked_optional, required_arguments
 
 IDL = Path(__file__).resolve().parent.parent / "idl" / "alltypes.thrift"
 m = load_idl(IDL)
@@ -108,6 +110,10 @@ def test_round_trip_every_type(ttype: int, spec: Any, data: st.DataObject) -> No
 def test_round_trip_arguments(method: str, data: st.DataObject) -> None:
     info = ALLTYPES.methods[method]
     args = data.draw(structs(info.args_cls))
+    must = required_arguments(info.args_cls)
+    for field in info.args_cls.thrift_spec.values():  # a required argument has a value
+        if field[1] in must and getattr(args, field[1]) is None:
+            setattr(args, field[1], data.draw(thrift_values(*split_field_spec(field))))
     back = args_from_json(info, _json_round_trip(args_to_json(info, args)))
     assert same(back, args)
 
@@ -239,8 +245,14 @@ def test_defaults_applied_and_unset_fields_omitted() -> None:
     assert scalars.opt_enum == m.Numberz.TWO
     assert scalars.opt_string is None
     assert struct_to_json(scalars) == {"a_bool": True, "with_default": 42, "opt_enum": "TWO"}
-    # null counts as absent: the default applies.
-    assert struct_from_json(m.Scalars, {"a_bool": False, "with_default": None}).with_default == 42
+    # null is no value, not even "absent": the schema allows it nowhere.
+    error = error_of(TType.STRUCT, m.Scalars, {"a_bool": False, "with_default": None}, "x")
+    assert (error.path, error.reason) == (
+        "x.with_default",
+        "null is not a value; leave the field out",
+    )
+    error = error_of(TType.STRUCT, m.Scalars, {"a_bool": False, "opt_string": None}, "x")
+    assert error.path == "x.opt_string"
 
 
 def test_mutable_defaults_are_not_shared() -> None:
@@ -307,6 +319,133 @@ def test_argument_error_paths() -> None:
     assert str(error) == "argument: expected an object of named arguments, got an array"
     error = args_error("grid", {"rows": [[{}], [{}, {"byte_thing": "1"}]]})
     assert error.path == "argument.rows[1][1].byte_thing"
+
+
+def test_arguments_are_required_unless_optional_or_defaulted() -> None:
+    # grid(1: list<list<Xtruct>> rows, 2: optional string label): the default requiredness
+    # is required in JSON, optional is not.
+    assert args_error("grid", {"label": "x"}).path == "argument.rows"
+    assert str(args_error("grid", {})) == "argument.rows: required argument is missing"
+    assert args_from_json(ALLTYPES.methods["grid"], {"rows": []}).label is None
+    # sumXtructs(1: required list<Xtruct> xtructs, 2: i32 scale = 1): a default may be left out.
+    assert args_from_json(ALLTYPES.methods["sumXtructs"], {"xtructs": []}).scale == 1
+    # Every argument of the default requiredness, whatever its type.
+    for name in ("testString", "testStruct", "testMap", "testEnum", "testOneway", "echoTree"):
+        method = ALLTYPES.methods[name]
+        assert args_error(name, {}).path == f"argument.{method.arg_names[0]}"
+    assert args_error("testMulti", {"arg0": 1, "arg1": 2}).path == "argument.arg2"
+
+
+def test_null_arguments_are_refused() -> None:
+    error = args_error("testString", {"thing": None})
+    assert (str(error), error.path) == (
+        "argument.thing: required argument is null",
+        "argument.thing",
+    )
+    error = args_error("grid", {"rows": [], "label": None})
+    assert str(error) == "argument.label: null is not a value; leave the argument out"
+    error = args_error("sumXtructs", {"xtructs": [], "scale": None})
+    assert error.path == "argument.scale"
+    error = args_error("testStruct", {"thing": {"i32_thing": None}})
+    assert error.path == "argument.thing.i32_thing"
+    error = args_error("testList", {"thing": [1, None]})
+    assert (error.path, error.reason) == ("argument.thing[1]", "expected an integer, got null")
+
+
+def test_struct_fields_follow_the_idl_requiredness() -> None:
+    # Struct fields are required where the IDL says `required`, as Thrift's readers check;
+    # the default requiredness may be left out (and is left out on the way out when unset).
+    assert struct_from_json(m.Xtruct, {}) == m.Xtruct()
+    assert args_from_json(ALLTYPES.methods["testStruct"], {"thing": {}}).thing == m.Xtruct()
+    assert args_error("echoTree", {"root": {"children": []}}).path == "argument.root.label"
+
+
+# -- replies that break the IDL -------------------------------------------------------------
+
+
+def test_reply_missing_a_required_field_is_refused() -> None:
+    method = ALLTYPES.methods["echoTree"]
+    result = method.result_cls(success=m.Node(label=None, children=[]))
+    with pytest.raises(ReplyBreaksIdl) as info:
+        result_to_json(method, result)
+    error = info.value
+    assert (error.struct, error.field) == ("Node", "label")
+    assert isinstance(error, RemoteProtocolError) and isinstance(error, JsonEncodeError)
+    assert error.blame is Blame.BACKEND
+    assert error.public_message == "reply breaks the IDL: required field Node.label is missing"
+    assert str(error) == (
+        "the result of echoTree: reply breaks the IDL: required field Node.label is missing"
+    )
+
+
+def test_reply_check_reaches_nested_structs_and_exceptions() -> None:
+    method = ALLTYPES.methods["echoTree"]
+    deep = m.Node(label="a", children=[m.Node(label="b", children=[m.Node(children=[])])])
+    with pytest.raises(ReplyBreaksIdl, match=r"Node\.label"):
+        result_to_json(method, method.result_cls(success=deep))
+    scalars = ALLTYPES.methods["echoScalars"]
+    with pytest.raises(ReplyBreaksIdl, match=r"Scalars\.a_bool"):
+        result_to_json(scalars, scalars.result_cls(success=m.Scalars(an_i32=1)))
+    with pytest.raises(ReplyBreaksIdl, match=r"Scalars\.a_bool"):
+        struct_to_json(m.Scalars())
+    # Optional and default-requiredness fields may be unset.
+    assert result_to_json(method, method.result_cls(success=m.Node(label="x", children=[]))) == (
+        Outcome("success", {"label": "x", "children": []})
+    )
+    assert struct_to_json(m.Xtruct()) == {}
+
+
+# -- which arguments the IDL marks optional -------------------------------------------------
+
+
+def test_required_arguments_of_the_test_idl() -> None:
+    got = {name: required_arguments(method.args_cls) for name, method in ALLTYPES.methods.items()}
+    assert got["grid"] == ("rows",)
+    assert got["sumXtructs"] == ("xtructs",)
+    assert got["testVoid"] == ()
+    assert got["testMulti"] == ("arg0", "arg1", "arg2", "arg3", "arg4", "arg5")
+    assert marked_optional(m.Scalars, "opt_string") and marked_optional(m.Scalars, "opt_enum")
+    assert not marked_optional(m.Scalars, "a_bool") and not marked_optional(m.Scalars, "an_i32")
+    assert marked_optional(m.Node, "parent_hint") and not marked_optional(m.Node, "children")
+
+
+TRICKY_IDL = """
+struct Point { 1: i32 x }
+service Tricky {
+  /** optional in a doc comment */ void a(1: string plain, # optional in a comment
+    2: optional
+       map<string, list<Point>> (python.immutable = "") spread,
+    3: optional i32 (x = "optional") annotated, 4: list<string> l /* optional */,
+    5: optional i32 optional_named, 6: string s = "optional")
+  void b(1: optional i32 one, 2: required i32 two, 3: i32 three)
+}
+"""
+
+
+def test_requiredness_is_read_from_the_source(tmp_path: Path) -> None:
+    path = tmp_path / "tricky.thrift"
+    path.write_text(TRICKY_IDL)
+    tricky = service_info(load_idl(path), "Tricky")
+    assert required_arguments(tricky.methods["a"].args_cls) == ("plain", "l")
+    assert required_arguments(tricky.methods["b"].args_cls) == ("two", "three")
+    assert args_from_json(tricky.methods["a"], {"plain": "p", "l": []}).s == "optional"
+
+
+def test_without_the_source_every_argument_counts_as_required(tmp_path: Path) -> None:
+    import thriftpy2
+
+    loaded = thriftpy2.load_fp(
+        __import__("io").StringIO(TRICKY_IDL), module_name="tricky_fp_thrift"
+    )
+    tricky = service_info(loaded, "Tricky")
+    assert required_arguments(tricky.methods["b"].args_cls) == ("one", "two", "three")
+    path = tmp_path / "gone.thrift"
+    path.write_text(TRICKY_IDL)
+    gone = service_info(load_idl(path), "Tricky")
+    path.unlink()
+    assert required_arguments(gone.methods["a"].args_cls) == (
+        "plain", "spread", "annotated", "l", "optional_named"
+    )  # fmt: skip
 
 
 # -- containers -----------------------------------------------------------------------------

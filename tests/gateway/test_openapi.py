@@ -4,6 +4,7 @@ that accept exactly what the JSON mapping emits."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from thrift_strategies import structs, thrift_values
+from thriftpy2.thrift import TType
 
 from offloop.codec.jsonmap import (
     JsonMappingError,
@@ -22,10 +24,12 @@ from offloop.codec.jsonmap import (
     split_field_spec,
     struct_from_json,
     struct_to_json,
+    value_from_json,
     value_to_json,
 )
 from offloop.gateway.openapi import build_openapi
 from offloop.idl import load_idl, service_info
+from offloop.idl_requiredness import required_arguments
 
 TESTS = Path(__file__).resolve().parent.parent
 TEXTLAB = TESTS.parent / "src" / "offloop" / "demo" / "textlab.thrift"
@@ -130,7 +134,12 @@ def test_error_responses() -> None:
         assert schema == {"$ref": "#/components/schemas/Error"}, name
     error = SCHEMAS["Error"]["properties"]["error"]
     assert error["required"] == ["code", "message"]
-    assert set(error["properties"]) == {"code", "message", "type", "fields", "path"}
+    assert set(error["properties"]) == {"request_id", "code", "message", "type", "fields", "path"}
+    # Every error body carries the request's id (the gateway core adds it): so does the schema.
+    request_id = error["properties"]["request_id"]
+    assert request_id["type"] == "string" and "X-Request-Id" in request_id["description"]
+    exception_error = SCHEMAS["Error.Xception"]["properties"]["error"]["properties"]
+    assert exception_error["request_id"] == request_id
 
 
 def test_declared_exceptions_answer_422() -> None:
@@ -233,7 +242,26 @@ def test_scalar_schemas() -> None:
     assert props["a_byte"] == {"type": "integer", "format": "int8", "minimum": -128, "maximum": 127}
     assert props["an_i16"]["minimum"] == -32768
     assert props["an_i32"]["maximum"] == 2**31 - 1
-    assert props["an_i64"]["oneOf"][1] == {"type": "string", "pattern": "^-?[0-9]+$"}
+    decimal = props["an_i64"]["oneOf"][1]
+    assert decimal["type"] == "string"
+    # The pattern holds the range exactly, as the mapping does.
+    for text, fits in [
+        ("9223372036854775807", True),
+        ("9223372036854775808", False),
+        ("-9223372036854775808", True),
+        ("-9223372036854775809", False),
+        ("007", True),
+        ("-0", True),
+        ("1" * 20, False),
+        ("1.0", False),
+    ]:
+        assert bool(re.fullmatch(decimal["pattern"], text)) is fits, text
+        try:
+            value_from_json(TType.I64, None, text)
+        except JsonMappingError:
+            assert not fits, text
+        else:
+            assert fits, text
     assert props["an_i64"]["oneOf"][0]["maximum"] == 2**63 - 1
     assert props["user_id"] == props["an_i64"]  # a typedef is its type
     assert props["a_double"]["oneOf"][1] == {
@@ -245,16 +273,23 @@ def test_scalar_schemas() -> None:
     assert props["with_default"]["default"] == 42
     assert props["opt_enum"]["default"] == "TWO"
     assert SCHEMAS["Scalars"]["required"] == ["a_bool"]
-    assert SCHEMAS["Numberz"]["oneOf"] == [
-        {"type": "string", "enum": ["ONE", "TWO", "THREE", "FIVE", "SIX", "EIGHT"]},
-        {"type": "integer", "enum": [1, 2, 3, 5, 6, 8]},
-    ]
+    # One type, the names (a generated client makes one enum class of it); the gateway
+    # answers with names, and also takes the integer, which the schema leaves out.
+    numberz = SCHEMAS["Numberz"]
+    assert (numberz["type"], numberz["enum"]) == (
+        "string",
+        ["ONE", "TWO", "THREE", "FIVE", "SIX", "EIGHT"],
+    )
+    assert numberz["x-enum-values"] == [1, 2, 3, 5, 6, 8]  # each name's integer, for people
+    assert "oneOf" not in numberz
+    assert struct_from_json(m.Scalars, {"a_bool": True, "an_enum": 8}).an_enum == 8
 
 
 def test_container_schemas() -> None:
     props = SCHEMAS["Containers"]["properties"]
     assert props["strings"] == {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
-    assert props["by_int"]["propertyNames"] == {"pattern": "^-?[0-9]+$"}
+    keys = props["by_int"]["propertyNames"]["pattern"]  # map<i32, string>
+    assert re.fullmatch(keys, "2147483647") and not re.fullmatch(keys, "2147483648")
     assert props["by_string"]["type"] == "object" and "propertyNames" not in props["by_string"]
     assert props["by_enum"]["propertyNames"]["enum"][:2] == ["ONE", "TWO"]
     assert props["by_enum"]["additionalProperties"] == {"$ref": "#/components/schemas/Xtruct"}
@@ -307,6 +342,10 @@ def test_arguments_and_results_validate(method: str, data: st.DataObject) -> Non
     info = ALLTYPES.methods[method]
     op = operation(f"/rpc/AllTypes/{method}")
     args = data.draw(structs(info.args_cls))
+    must = required_arguments(info.args_cls)
+    for field in info.args_cls.thrift_spec.values():  # a required argument has a value
+        if field[1] in must and getattr(args, field[1]) is None:
+            setattr(args, field[1], data.draw(thrift_values(*split_field_spec(field))))
     body = op["requestBody"]["content"]["application/json"]["schema"]
     validator(body).validate(args_to_json(info, args))
 
@@ -331,6 +370,7 @@ def test_exception_bodies_validate(exc_name: str, status: str) -> None:
     # The body the gateway core answers with.
     body = {
         "error": {
+            "request_id": "0123456789abcdef0123456789abcdef",
             "code": int(status),
             "message": f"AllTypes.testMultiException raised {outcome.exception_type}",
             "type": outcome.exception_type,
@@ -355,7 +395,7 @@ def test_special_values_validate() -> None:
     emitted = struct_to_json(scalars)
     assert emitted["a_double"] == "NaN"
     errors = list(component("Scalars").iter_errors(emitted))
-    assert [list(e.absolute_path) for e in errors] == [["an_enum"]]
+    assert {tuple(e.absolute_path) for e in errors} == {("an_enum",)}  # not a string, nor a name
     emitted["an_enum"] = value_to_json(8, m.Numberz, 5)
     component("Scalars").validate(emitted)
 

@@ -176,7 +176,8 @@ def test_union_exception_and_enum_docs(doc: dict[str, Any]) -> None:
     assert schemas["NotFound"]["description"] == "The drawing is not there."
     assert schemas["NotFound"]["properties"]["name"]["description"] == "What was looked for."
     assert schemas["Color"]["description"] == (
-        "A color.\n\nOf the palette.\n\n- `RED`: Like blood.\n\nGiven as its name, or its value."
+        "A color.\n\nOf the palette.\n\n- `RED`: Like blood.\n\n"
+        "Given as its name (the gateway also takes its integer value)."
     )
 
 
@@ -315,7 +316,8 @@ def test_a_required_field_that_recurses_has_no_example(tmp_path: Path) -> None:
     path = tmp_path / "loop.thrift"
     path.write_text(
         "struct Loop { 1: required Loop link }\n"
-        "service S { Loop get(1: Loop loop, 2: i32 n), void put(1: required Loop loop) }\n"
+        "service S { Loop get(1: optional Loop loop, 2: i32 n), void put(1: required Loop loop),"
+        " void take(1: Loop loop) }\n"
     )
     doc = build_openapi([service_info(load_idl(path), "S")])
     validate(doc)
@@ -325,6 +327,9 @@ def test_a_required_field_that_recurses_has_no_example(tmp_path: Path) -> None:
     assert "example" not in get["responses"]["200"]["content"]["application/json"]
     put = post(doc, "/rpc/S/put")["requestBody"]["content"]["application/json"]
     assert "example" not in put
+    # An argument of the default requiredness is required in JSON.
+    take = post(doc, "/rpc/S/take")["requestBody"]["content"]["application/json"]
+    assert "example" not in take
     assert_examples_valid(doc)
 
 

@@ -127,6 +127,71 @@ def test_process_past_its_deadline_is_killed_and_replaced() -> None:
     run(test)
 
 
+def test_early_give_ups_kill_children_only_within_the_budget(tmp_path: Path) -> None:
+    """A caller's shorter deadline kills a child while the early-kill budget lasts (a burst
+    of ``workers``); past it the job runs on, unread, and its child serves the next job."""
+
+    async def test() -> None:
+        pool = ProcessPool(
+            jobs.factory,
+            workers=1,
+            max_queued=1,
+            preload=["jobs"],
+            call_timeout=60.0,
+            early_kills_per_minute=0.0,  # the burst of one, never refilled
+        )
+        await pool.start()
+        try:
+            first = await pool.run(("pid", None), timeout=10)
+            with pytest.raises(DeadlineExceeded):  # within the budget: killed
+                await pool.run(("sleep", 30), timeout=0.2)
+            second = await pool.run(("pid", None), timeout=10)
+            assert second != first and not pid_alive(first)
+            assert pool.stats().restarts == 1
+            with Gate(tmp_path) as gate:
+                with pytest.raises(DeadlineExceeded):  # budget spent: it runs on
+                    await pool.run(gate.job, timeout=0.2)
+                assert pool.stats().busy == 1
+                assert pid_alive(second)
+                gate.open()
+                await wait_until_async(lambda: pool.stats().busy == 0, WAIT)
+            assert await pool.run(("pid", None), timeout=10) == second
+            assert pool.stats().restarts == 1
+        finally:
+            await pool.close()
+
+    run(test)
+
+
+def test_a_job_spared_an_early_kill_is_still_killed_at_call_timeout() -> None:
+    async def test() -> None:
+        pool = ProcessPool(
+            jobs.factory,
+            workers=1,
+            max_queued=1,
+            preload=["jobs"],
+            call_timeout=1.0,
+            early_kills_per_minute=0.0,
+        )
+        await pool.start()
+        try:
+            await pool.run(("pid", None), timeout=10)  # started (its burst of one left)
+            with pytest.raises(DeadlineExceeded):
+                await pool.run(("sleep", 0.05), timeout=0.01)  # spends the burst
+            await wait_until_async(lambda: pool.stats().restarts == 1, WAIT)
+            first = await pool.run(("pid", None), timeout=10)
+            with pytest.raises(DeadlineExceeded):  # spared: runs on until call_timeout
+                await pool.run(("sleep", 30), timeout=0.1)
+            assert pool.stats().restarts == 1
+            await wait_until_async(lambda: pool.stats().restarts == 2, WAIT)
+            assert not pid_alive(first)
+            assert await pool.run(("pid", None), timeout=10) != first
+        finally:
+            await pool.close()
+
+    run(test)
+
+
 def test_killed_child_fails_its_job_and_the_queue_survives() -> None:
     async def test() -> None:
         pool = ProcessPool(jobs.factory, workers=1, max_queued=2, preload=["jobs"])
@@ -369,5 +434,30 @@ def test_process_pool_close_fails_queued_jobs() -> None:
             await queued
         with pytest.raises(WorkerCrashed):
             await running
+
+    run(test)
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_completed_counts_only_jobs_that_ran_to_an_end(kind: str, tmp_path: Path) -> None:
+    # Item 5: /livez judges progress by it, so a job dropped from the queue unrun is none.
+    async def test() -> None:
+        pool = make_pool(kind, workers=1, max_queued=1)
+        await pool.start()
+        try:
+            assert pool.stats().completed == 0
+            with Gate(tmp_path) as gate:
+                held = asyncio.ensure_future(pool.run(gate.job, timeout=30))
+                await wait_until_async(lambda: pool.stats().busy == 1, WAIT)
+                with pytest.raises(DeadlineExceeded):
+                    await pool.run(("echo", 1), timeout=0.05)  # queued, never runs
+                assert pool.stats().completed == 0
+            assert await held == "opened"
+            assert pool.stats().completed == 1
+            with pytest.raises(JobFailed):
+                await pool.run(("raise", "boom"), timeout=10)
+            assert pool.stats().completed == 2  # raising is an end too
+        finally:
+            await pool.close()
 
     run(test)

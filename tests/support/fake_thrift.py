@@ -12,6 +12,11 @@ sans-I/O codecs of offloop, and misbehaves on request:
   connection without answering), ``"stale"`` (a reply with an unknown seqid, then the real
   one), ``"wrong-name"`` (a reply named ``pong``), ``"bomb"`` (a tiny reply that declares a
   1 GiB string).
+
+Like an offloop worker, it answers THeader frames in kind (a header connection's replies are
+header frames; misbehaving replies stay raw) and answers the transport probe of offloop's
+``auto`` clients, which is not counted as a call, and ignores the cancel messages of offloop's
+clients (issue 13).
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from typing import cast
 
 from thriftpy2.thrift import TApplicationException
 
+from offloop.codec.call import CANCEL_METHOD, PROBE_METHOD
 from offloop.codec.framing import FrameDecoder, encode_frame
+from offloop.codec.header import (
+    HeaderFrame,
+    decode_header_frame,
+    encode_header_frame,
+    is_header_frame,
+)
 from offloop.codec.message import MessageCodec, ProtocolName
 from offloop.idl import ServiceInfo, load_idl, service_info
 
@@ -104,6 +116,7 @@ class _FakeProtocol(asyncio.Protocol):
         self.server = server
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
+        self.header: HeaderFrame | None = None  # the last header frame read, if any
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
@@ -120,13 +133,29 @@ class _FakeProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.decoder.feed(data)
         for frame in self.decoder.frames():
+            if is_header_frame(frame):
+                self.header = decode_header_frame(frame)
+                frame = self.header.payload
+                if self.server.codec.read_header(frame).name == PROBE_METHOD:
+                    payload = self.server.codec.application_error(
+                        PROBE_METHOD, 0, TApplicationException.UNKNOWN_METHOD, "probe"
+                    )
+                    assert self.transport is not None
+                    self.transport.write(encode_header_frame(self.header.reply(payload)))
+                    continue
+                if self.server.codec.read_header(frame).name == CANCEL_METHOD:
+                    continue  # issue 13: a client's cancel, which an offloop worker heeds
             self.on_call(frame)
 
     def send(self, payload: bytes, seqid: int) -> None:
         assert self.transport is not None
         if not self.transport.is_closing():
             self.server.replied.append(seqid)
-            self.transport.write(encode_frame(payload))
+            if self.header is None:
+                self.transport.write(encode_frame(payload))
+            else:
+                header = HeaderFrame(protocol=self.header.protocol, seqid=seqid, payload=payload)
+                self.transport.write(encode_header_frame(header))
 
     def on_call(self, frame: bytes) -> None:
         server, codec = self.server, self.server.codec

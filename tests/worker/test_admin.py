@@ -1,5 +1,5 @@
-"""The admin port (``/healthz``, ``/metrics`` in Prometheus text) and the pools' lower CPU
-priority, over both pools."""
+"""The admin port (``/livez``, ``/readyz``, ``/healthz``, ``/metrics`` in Prometheus text)
+and the pools' lower CPU priority, over both pools."""
 
 from __future__ import annotations
 
@@ -34,6 +34,45 @@ def metrics_when(server: ServerThread, **expected: float) -> str:
 def test_healthz(worker: ServerThread) -> None:
     assert worker.admin_get("/healthz") == (200, "ok\n")
     assert worker.admin_get("/healthz?verbose=1") == (200, "ok\n")
+
+
+def test_livez_and_readyz(worker: ServerThread) -> None:
+    assert worker.admin_get("/livez") == (200, "ok\n")
+    assert worker.admin_get("/readyz") == (200, "ok\n")
+
+
+def test_readyz_fails_at_once_when_draining_begins_while_calls_are_served(
+    worker: ServerThread,
+) -> None:
+    worker.on_loop(worker.server.begin_drain)
+    assert worker.admin_get("/readyz") == (503, "draining\n")
+    assert worker.admin_get("/healthz") == (503, "draining\n")
+    assert worker.admin_get("/livez") == (200, "ok\n")  # alive: it is finishing its work
+    with RawClient(worker.port) as raw:
+        assert raw.call("ping", "still served") == "still served"
+
+
+@pytest.mark.parametrize("pool", ["thread"])
+def test_livez_fails_while_every_thread_is_stuck_and_recovers(
+    start_worker: StartWorker, tmp_path: Path
+) -> None:
+    # A thread pool cannot kill a call past its deadline: with its one thread held, no call
+    # finishes, and after twice call_timeout the pool counts as wedged (restart me).
+    server = start_worker(workers=1, call_timeout=0.5)
+    assert server.admin_get("/livez") == (200, "ok\n")
+    with RawClient(server.port) as raw, Gate(tmp_path) as gate:
+        raw.send("ping", 1, gate.message)
+        assert "deadline" in raw.recv().body.message  # answered; its thread runs on
+        status, body = wait_until(lambda: _failing(server.admin_get("/livez")), timeout=20)
+        assert status == 503
+        assert body.startswith("pool wedged: 1 of 1 workers busy and no call finished for")
+        assert server.admin_get("/readyz") == (200, "ok\n")  # readiness is another question
+        gate.open()
+        wait_until(lambda: server.admin_get("/livez") == (200, "ok\n"), timeout=10)
+
+
+def _failing(answer: tuple[int, str]) -> tuple[int, str] | None:
+    return answer if answer[0] != 200 else None
 
 
 def test_unknown_paths_and_methods(worker: ServerThread) -> None:

@@ -65,8 +65,8 @@ def test_a_failing_batch_fails_only_its_own_calls(batched: ServerThread) -> None
 
 def test_a_per_call_exception_fails_only_that_call(batched: ServerThread) -> None:
     with RawClient(batched.port) as raw:
-        raw.send("embed", 1, ["bad"])
-        raw.send("embed", 2, ["ok"])
+        # Sent together, read together: one batch (a lone call would leave at once).
+        raw.sock.sendall(raw.call_bytes("embed", 1, ["bad"]) + raw.call_bytes("embed", 2, ["ok"]))
         replies = {r.seqid: r for r in raw.recv_many(2)}
     with pytest.raises(textlab.InvalidArgument) as info:
         replies[1].value()

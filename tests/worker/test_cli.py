@@ -143,7 +143,8 @@ def spawn(tmp_path: Path) -> Iterator[type[WorkerProcess]]:
 
 
 def test_sigterm_finishes_the_call_in_flight_and_exits_0(spawn: type[WorkerProcess]) -> None:
-    worker = spawn("process", "--grace", "5", "--nice", "4")
+    # No drain delay: this is about the drain itself (tests/app/test_worker_drain.py: the delay).
+    worker = spawn("process", "--grace", "5", "--nice", "4", "--drain-delay", "0")
     family = worker.descendants()
     assert len(family) >= 3  # fork server and resource tracker, and two workers below
     with RawClient(worker.port) as raw:
@@ -318,19 +319,23 @@ def _start_env() -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    ("flags", "message", "status"),
     [
-        (["--handler", "nosuchmodule:Handler"], "No module named 'nosuchmodule'"),
-        (["--idl", "/nonexistent.thrift"], "IDL file not found: /nonexistent.thrift"),
+        (["--handler", "nosuchmodule:Handler"], "No module named 'nosuchmodule'", 2),
+        (["--idl", "/nonexistent.thrift"], "IDL file not found: /nonexistent.thrift", 1),
         (
             ["--handler", "faulty:Missing", "--no-batching"],
             "module 'faulty' has no attribute 'Missing'",
+            2,
         ),
-        (["--handler", "faulty:Missing"], "module 'faulty' has no attribute 'Missing'"),
+        (["--handler", "faulty:Missing"], "module 'faulty' has no attribute 'Missing'", 2),
     ],
     ids=["handler", "idl", "missing attribute", "missing attribute, batching"],
 )
-def test_start_up_failure_says_why_in_one_line(flags: list[str], message: str) -> None:
+def test_start_up_failure_says_why_in_one_line(flags: list[str], message: str, status: int) -> None:
+    """A handler that cannot be loaded is the user's to fix: ``offloop: cannot load
+    handler ...``, status 2 (tests/cli/test_handler_errors.py has the rest); anything else
+    that stops start-up is status 1."""
     args = ["--idl", IDL, "--service", "TextLab", "--handler", "faulty:Handler", *flags]
     result = subprocess.run(
         [sys.executable, "-m", "offloop.cli", "worker", "--pool", "thread", "--port", "0", *args],
@@ -339,10 +344,13 @@ def test_start_up_failure_says_why_in_one_line(flags: list[str], message: str) -
         timeout=60,
         env=_start_env(),
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == status, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "worker failed to start" in lines[0]
+    if status == 2:
+        assert lines[0].startswith("offloop: cannot load handler ")
+    else:
+        assert "worker failed to start" in lines[0]
     assert message in lines[0]
 
 

@@ -65,6 +65,10 @@ WAIT = 10.0
 #: How much slower another client's ping may be during an attack than just before it. Loose
 #: on purpose (a loaded CI host); without the fixes it was hundreds to thousands of times.
 LATENCY_RATIO = 25
+#: How many times the flood of 20,000 pipelined calls must take longer than another client's
+#: ping made meanwhile (a few calls' time when the flood is kept to its share, most of the
+#: flood's time when it is not).
+FLOOD_SHARE_RATIO = 50
 PROTOCOL_ERROR = TApplicationException.PROTOCOL_ERROR
 
 
@@ -339,15 +343,16 @@ def test_a_flood_of_pipelined_calls_stays_within_its_share(start_worker: StartWo
     n = 20_000
     tasks: list[int] = []
     with RawClient(server.port) as flood, RawClient(server.port) as other:
-        before = ping_median(other, 21)
         data = b"".join(flood.call_bytes("ping", i, "flood") for i in range(n))
         sender = threading.Thread(target=flood.sock.sendall, args=(data,), name="test-flood")
+        started = time.perf_counter()
         sender.start()
         try:
             during = ping_median(other, 21, first_seqid=5000)
             for _ in range(5):  # tasks not done (a done one leaves the set a moment later)
                 tasks.append(server.on_loop(lambda: live_tasks(server)))
             replies = flood.recv_many(n)
+            flood_took = time.perf_counter() - started
         finally:
             sender.join(WAIT)
     assert [r.seqid for r in replies if not r.is_exception] and all(
@@ -357,7 +362,10 @@ def test_a_flood_of_pipelined_calls_stays_within_its_share(start_worker: StartWo
     stats = server.stats().admission
     assert stats is not None
     assert stats.peak <= share + 1 and stats.refused == 0
-    assert during <= LATENCY_RATIO * before, (during, before)
+    # Both figures come from the same moments on the same machine, so the comparison holds
+    # at any speed: queued behind the flood, the other client's ping would take a good part
+    # of the flood's time; within its share, a few calls' time (thousands of times less).
+    assert during * FLOOD_SHARE_RATIO <= flood_took, (during, flood_took)
 
 
 def test_a_gateway_s_four_connections_still_fill_the_pool(
@@ -475,11 +483,13 @@ def test_the_worker_command_says_why_a_process_pool_cannot_start_in_one_line() -
         timeout=60,
         env=env,
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "worker failed to start" in lines[0]
-    assert "module 'faulty' has no attribute 'Missing'" in lines[0]
+    assert (
+        lines[0] == "offloop: cannot load handler 'faulty:Missing': module 'faulty' has no "
+        "attribute 'Missing'"
+    )
 
 
 # -- item 6: strings that are not UTF-8 ------------------------------------------------------

@@ -497,3 +497,17 @@ def test_shutdown_with_no_grace_does_not_wait(
         server.begin_shutdown().result(10)
         assert raw.closed_by_server()  # no reply: the call was abandoned
     assert "1 calls still running after the grace period" in caplog.text
+
+
+def test_a_oneway_call_of_an_unknown_method_gets_no_reply(worker: ServerThread) -> None:
+    # Item 27: a oneway caller reads no reply; one sent would be read as the next call's.
+    from offloop.codec.message import ONEWAY
+
+    with RawClient(worker.port) as raw:
+        info = SERVICE.methods["ping"]
+        oneway = raw.codec._encode("no_such_method", ONEWAY, 5, info.args_cls(msg="x"))
+        raw.sock.sendall(encode_frame(oneway))
+        raw.send("ping", 6, "after")
+        reply = raw.recv()
+        assert reply.header.seqid == 6
+        assert reply.body.success == "after"

@@ -2,8 +2,10 @@
 
 :func:`build_gateway` loads the IDL, picks the services and builds the caller of the mode
 (:class:`~offloop.client.caller.AsyncCaller` or :class:`~offloop.client.actors.ActorCaller`).
-:func:`serve_gateway` serves it with uvicorn (ASGI) or Tornado until stopped: stop accepting,
-drain calls in flight within ``grace``, close the backends' connections.
+:func:`serve_gateway` serves it with uvicorn (ASGI) or Tornado until stopped. On SIGTERM,
+``/readyz`` fails at once and requests are still served for ``drain_delay`` seconds, while load
+balancers drop the gateway; then (at once on SIGINT or a ``stop`` event) it stops accepting,
+drains requests in flight within ``grace`` and closes the backends' connections.
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import resource
 import socket
+import ssl
 import sys
 
-from offloop.app.signals import graceful_exit
+from offloop.app.signals import Stop, drain_delay, graceful_exit
 from offloop.client.caller import AsyncCaller, Caller
-from offloop.client.network import TCP, Network
+from offloop.client.network import TCP, Network, TlsNetwork
+from offloop.client.targets import StaticTarget, TargetLike, as_target
 from offloop.gateway.config import GatewayConfig
 from offloop.gateway.connections import FrontGuard, connection_capacity
 from offloop.gateway.core import Gateway
 from offloop.idl import load_idl, service_info, service_names
 from offloop.listen import ListenConfig
+from offloop.tls import ClientTLS, ServerTLS, reload_on_sighup
 
 __all__ = ["bind_socket", "build_gateway", "raise_open_files_limit", "serve_gateway"]
 
@@ -38,12 +44,18 @@ def build_gateway(config: GatewayConfig, *, network: Network = TCP) -> Gateway:
         config: the gateway's configuration.
         network: how loop mode's clients connect (an in-memory pair from
             :mod:`offloop.testing` runs gateway and workers without sockets; actor mode's
-            blocking clients always use TCP).
+            blocking clients always use TCP). With ``config.backend_tls`` on, the TCP
+            network becomes TLS (:class:`~offloop.client.network.TlsNetwork`), in both modes.
 
     Raises:
         IdlError: the IDL or a named service is missing.
         ValueError: a service has no backend, or a backend names no service of the IDL.
+        TLSConfigError: a file of ``backend_tls`` is missing, or its key does not match.
     """
+    config.backend_tls.check()
+    tls = ClientTLS(config.backend_tls) if config.backend_tls.enabled else None
+    if tls is not None and network is TCP:
+        network = TlsNetwork(tls)
     module = load_idl(config.idl)
     names = list(config.services) or service_names(module)
     services = {n: service_info(module, n) for n in names}
@@ -53,7 +65,7 @@ def build_gateway(config: GatewayConfig, *, network: Network = TCP) -> Gateway:
             f"--backend names no service of {config.idl}: {', '.join(unknown)} "
             f"(services: {', '.join(services)})"
         )
-    backends: dict[str, tuple[tuple[str, int], ...]] = {}
+    backends: dict[str, tuple[TargetLike, ...]] = {}
     for name in services:
         addrs = config.backends.get(name) or config.backends.get("*")
         if not addrs:
@@ -69,10 +81,14 @@ def build_gateway(config: GatewayConfig, *, network: Network = TCP) -> Gateway:
             mailbox=config.actors.mailbox,
             client=config.client,
             health=config.health,
+            tls=tls,
         )
     else:
         caller = AsyncCaller(backends, config.client, health=config.health, network=network)
-    return Gateway(config, services, caller)
+    gateway = Gateway(config, services, caller)
+    if tls is not None:
+        gateway.closers.append(tls.close)  # item 20: its watcher thread ends with the gateway
+    return gateway
 
 
 def bind_socket(listen: ListenConfig) -> socket.socket:
@@ -109,8 +125,10 @@ async def serve_gateway(
     """Serve ``gateway`` with its configured HTTP server until stopped.
 
     Stops on ``stop`` being set, or on SIGTERM/SIGINT when no ``stop`` is given (a second
-    signal exits at once). Stopping refuses new calls, drains calls in flight within
-    ``config.grace`` and closes the backends' connections.
+    signal exits at once). On SIGTERM, ``/readyz`` fails at once and requests are still
+    served for ``config.drain_delay`` seconds. Then (at once on SIGINT or ``stop``) it stops
+    accepting, refuses new calls, drains calls in flight within ``config.grace`` and closes
+    the backends' connections.
 
     Client connections are held to ``config.front``: at start the soft open-files limit is
     raised to the hard one (``raise_open_files_limit``), connections are capped at
@@ -124,7 +142,9 @@ async def serve_gateway(
         sock: a socket from :func:`bind_socket` (default: bound here from
             ``config.listen``); closed when serving ends.
         ready: set once the gateway accepts requests.
-        stop: set to stop; when given, no signal handler is installed (embedding, tests).
+        stop: set to stop; when given, no signal handler is installed (embedding, tests),
+            and there is no drain delay (for one, set ``gateway.draining`` and wait before
+            setting ``stop``).
 
     Raises:
         OSError: the address cannot be bound.
@@ -140,22 +160,89 @@ async def serve_gateway(
     gc.freeze()
     with contextlib.ExitStack() as stack:
         stack.callback(sock.close)
+        stopping: asyncio.Event | Stop = (
+            stop if stop is not None else stack.enter_context(graceful_exit())
+        )
         if stop is None:
-            stop = stack.enter_context(graceful_exit())
+            stack.enter_context(reload_on_sighup())  # SIGHUP: reload TLS certificates
+        tls: ssl.SSLContext | None = None
+        config.tls.check()
+        if config.tls.enabled:
+            source = ServerTLS(config.tls, "front")
+            stack.callback(source.close)
+            tls = source.front_door()
         guard = _front_guard(gateway)
         host, port = sock.getsockname()[:2]
+        scheme = "https" if tls is not None else "http"
         where = (
-            f"gateway ({config.front.server}, {config.mode} mode) on http://{host}:{port}, "
+            f"gateway ({config.front.server}, {config.mode} mode) on {scheme}://{host}:{port}, "
             f"at most {guard.capacity} client connections"
         )
         guard.start()
+        # One line per backend that does not accept a connection at start, naming its service.
+        reporting = asyncio.get_running_loop().create_task(
+            report_unreachable(config, list(gateway.services))
+        )
         try:
             if config.front.server == "tornado":
-                await _serve_tornado(gateway, guard, sock, ready, stop, where)
+                await _serve_tornado(gateway, guard, sock, ready, stopping, where, tls)
             else:
-                await _serve_uvicorn(gateway, guard, sock, ready, stop, where)
+                await _serve_uvicorn(gateway, guard, sock, ready, stopping, where, tls)
         finally:
+            reporting.cancel()
+            await asyncio.gather(reporting, return_exceptions=True)
             await guard.stop()
+    log.info("gateway stopped")
+
+
+async def report_unreachable(config: GatewayConfig, services: list[str]) -> list[str]:
+    """Try one TCP connection to every fixed backend address at once, and log one WARNING
+    line per address that does not accept it, naming the service and the address (the
+    pools and health probes retry on their own). Each line is its own message, so the
+    repeat filter does not fold one backend's line into another's; the check runs once.
+
+    Args:
+        config: the gateway's configuration: its backends and connect timeout.
+        services: the services the gateway serves (an address without a service serves
+            those that have none of their own).
+
+    Returns:
+        The lines logged (tests read them).
+    """
+    timeout = config.client.connect_timeout
+    shared = ", ".join(s for s in services if s not in config.backends) or "no service"
+    checks = [
+        (shared if service == "*" else service, as_target(target))
+        for service, targets in config.backends.items()
+        for target in targets
+    ]
+    static = [(s, t) for s, t in checks if isinstance(t, StaticTarget)]
+
+    async def reachable(target: StaticTarget) -> str | None:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(target.host, target.port), timeout
+            )
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except OSError as exc:  # asyncio's text names the address again: the errno's words
+            return os.strerror(exc.errno) if exc.errno else str(exc)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return None
+
+    answers = await asyncio.gather(*(reachable(t) for _, t in static))
+    lines = []
+    for (service, target), problem in zip(static, answers, strict=True):
+        if problem is None:
+            continue
+        lines.append(
+            f"backend {target} of {service} is not reachable at start ({problem.lower()}); "
+            f"calls fail until it is"
+        )
+        log.warning(lines[-1])
+    return lines
 
 
 def raise_open_files_limit() -> int:
@@ -205,17 +292,25 @@ def _front_guard(gateway: Gateway) -> FrontGuard:
 _OWN_FILES = 32
 
 
+async def _drain_delay(gateway: Gateway, stop: asyncio.Event | Stop) -> None:
+    """After a SIGTERM: fail ``/readyz`` and keep serving for the drain delay."""
+    if isinstance(stop, Stop) and stop.delayed:
+        gateway.draining = True
+        await drain_delay(gateway.config.drain_delay, "gateway")
+
+
 async def _serve_tornado(
     gateway: Gateway,
     guard: FrontGuard,
     sock: socket.socket,
     ready: asyncio.Event | None,
-    stop: asyncio.Event,
+    stop: asyncio.Event | Stop,
     where: str,
+    tls: ssl.SSLContext | None,
 ) -> None:
     from offloop.gateway.tornado import make_server
 
-    server = make_server(gateway, guard)
+    server = make_server(gateway, guard, tls=tls)
     server.add_sockets([sock])
     try:
         await gateway.startup()
@@ -223,6 +318,7 @@ async def _serve_tornado(
         if ready is not None:
             ready.set()
         await stop.wait()
+        await _drain_delay(gateway, stop)
     finally:
         server.stop()
         await gateway.shutdown()
@@ -234,8 +330,9 @@ async def _serve_uvicorn(
     guard: FrontGuard,
     sock: socket.socket,
     ready: asyncio.Event | None,
-    stop: asyncio.Event,
+    stop: asyncio.Event | Stop,
     where: str,
+    tls: ssl.SSLContext | None,
 ) -> None:
     import uvicorn
 
@@ -261,6 +358,9 @@ async def _serve_uvicorn(
         proxy_headers=False,
         server_header=False,
     )
+    if tls is not None:
+        uconfig.load()  # serve() then keeps what load() made, and our context
+        uconfig.ssl = tls
     userver = uvicorn.Server(uconfig)
     # Our two-stage signal handling, not uvicorn's: it re-raises the signal after serving,
     # which turns a clean Ctrl-C into a KeyboardInterrupt traceback.
@@ -278,6 +378,8 @@ async def _serve_uvicorn(
             if ready is not None:
                 ready.set()
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.done() and not serving.done():
+            await _drain_delay(gateway, stop)
     finally:
         userver.should_exit = True
         stopping.cancel()

@@ -7,7 +7,9 @@
 serves. Nothing is wired here.
 
 Exit statuses: 0 after a clean stop; 2 for a configuration error (a usage line, then one line
-naming the source and key of the bad value); 1 when start-up failed (one log line says why: a
+naming the source and key of the bad value) or a handler that cannot be loaded (one line,
+``offloop: cannot load handler 'shop:Handler': SyntaxError at shop.py:3: invalid syntax``; its
+traceback at DEBUG level); 1 when start-up failed (one log line says why: a
 port in use, a handler that does not import, an IDL that does not load); 130 on Ctrl-C outside
 the serving loop.
 """
@@ -24,7 +26,15 @@ from typing import Any, NoReturn
 
 from offloop import __version__
 from offloop.app import build_gateway, run, serve_gateway, serve_worker
-from offloop.cli.commands import COMMANDS, LOG_OPTIONS, UP, LogOption, reference
+from offloop.cli.commands import (
+    COMMANDS,
+    LOG_OPTIONS,
+    UP,
+    LogOption,
+    add_hash_key,
+    hash_key,
+    reference,
+)
 from offloop.cli.settings import (
     ENV_PREFIX,
     SettingsError,
@@ -38,6 +48,7 @@ from offloop.errors import OffloopError
 from offloop.gateway.config import GatewayConfig
 from offloop.logs import LOG_FORMAT, LogConfig, configure_logging
 from offloop.worker.config import WorkerConfig
+from offloop.worker.dispatch import HandlerError
 
 __all__ = ["LOG_FORMAT", "Invocation", "build_parser", "main", "parse"]
 
@@ -126,7 +137,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         epilog="Every setting is a flag, an OFFLOOP_* environment variable and a key of the "
         "--config file; flags win over the environment, which wins over the file. "
         "Exit status: 0 after a clean stop, 1 if start-up failed, 2 for a configuration "
-        "error, 130 on Ctrl-C.",
+        "error or a handler that cannot be loaded, 130 on Ctrl-C.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_common(parser)
@@ -148,6 +159,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         _add_common(command)
         schema.add_arguments(command)
         commands[name] = command
+    add_hash_key(sub)
     sub.add_parser(
         "config-reference",
         help="print the reference of every setting (Markdown)",
@@ -269,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if invocation.command == "config-reference":
         sys.stdout.write(reference())
         return 0
+    if invocation.command == "hash-key":
+        return hash_key(parser.parse_args(argv))
     configure_logging(invocation.log)
     try:
         return _run(invocation, commands[invocation.command])
@@ -292,6 +306,24 @@ def _run(invocation: Invocation, parser: argparse.ArgumentParser) -> int:
             assert invocation.gateway is not None and invocation.worker is not None
             return run_demo(invocation.gateway, invocation.worker, log=invocation.log)
     except (OffloopError, ImportError, OSError) as exc:  # start-up failed: say why, once
+        handler_error = _handler_error(exc)
+        if handler_error is not None:  # the user's code: one line, like a setting's error
+            log.debug("the handler's traceback", exc_info=exc)
+            sys.stderr.write(f"offloop: {handler_error}\n")
+            return 2
         log.error("%s failed to start: %s", invocation.command, exc)
         return 1
     return 0
+
+
+def _handler_error(exc: BaseException) -> HandlerError | None:
+    """The :class:`HandlerError` that ``exc`` is or was raised from (a process pool's
+    children raise theirs in the parent as the cause of a ``WorkerStartError``), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, HandlerError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None

@@ -9,10 +9,13 @@ TOML key, help, default) comes from the dataclasses (:mod:`offloop.cli.settings`
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from offloop.cli.kinds import Bool, Choice, Float, Kind, Pairs, toml_strings
 from offloop.cli.settings import (
@@ -25,7 +28,9 @@ from offloop.cli.settings import (
     markdown_text,
     show_value,
 )
+from offloop.client.targets import Target
 from offloop.demo.up import DemoConfig
+from offloop.gateway.auth import key_line, new_key
 from offloop.gateway.config import GatewayConfig, parse_backend
 from offloop.logs import LOG_FORMATS, LOG_LEVELS, LogConfig
 from offloop.worker.config import WorkerConfig
@@ -40,24 +45,26 @@ __all__ = [
     "HandlerSpec",
     "LogLevel",
     "LogOption",
+    "add_hash_key",
+    "hash_key",
     "reference",
 ]
 
 
 class Backends(Kind):
-    """``GatewayConfig.backends``, given as ``[SERVICE=]HOST:PORT`` once per worker address
-    (no service: the address serves every service that has none of its own)."""
+    """``GatewayConfig.backends``, given as ``[SERVICE=]TARGET`` once per target (no
+    service: the target serves every service that has none of its own)."""
 
     repeatable = True
 
-    def from_items(self, items: Sequence[str]) -> dict[str, tuple[tuple[str, int], ...]]:
-        table: dict[str, list[tuple[str, int]]] = {}
+    def from_items(self, items: Sequence[str]) -> dict[str, tuple[Target, ...]]:
+        table: dict[str, list[Target]] = {}
         for item in items:
-            service, host, port = parse_backend(item)
-            table.setdefault(service or "*", []).append((host, port))
-        return {service: tuple(addresses) for service, addresses in table.items()}
+            service, target = parse_backend(item)
+            table.setdefault(service or "*", []).append(target)
+        return {service: tuple(targets) for service, targets in table.items()}
 
-    def from_toml(self, value: object) -> dict[str, tuple[tuple[str, int], ...]]:
+    def from_toml(self, value: object) -> dict[str, tuple[Target, ...]]:
         return self.from_items(toml_strings(value))
 
 
@@ -86,9 +93,12 @@ GATEWAY_SPECIAL = {
     "backends": Special(
         Backends(),
         flag="backend",
-        metavar="[SERVICE=]HOST:PORT",
-        help="a worker address: ``SERVICE=HOST:PORT`` serves one service, ``HOST:PORT`` every "
-        "service that has no address of its own; give several for several workers.",
+        metavar="[SERVICE=]TARGET",
+        help="where workers are: ``HOST:PORT`` (one worker), ``dns:///NAME:PORT`` (one per "
+        "A/AAAA record, followed as DNS changes), ``dns://NAMESERVER:PORT/NAME:PORT`` (asking "
+        "that DNS server) or ``dns+srv:///_thrift._tcp.NAME`` (one per SRV record); "
+        "``SERVICE=TARGET`` serves one service, ``TARGET`` every service that has no target "
+        "of its own; give several for several targets.",
     ),
     "services": Special(
         flag="service",
@@ -105,15 +115,16 @@ GATEWAY_SPECIAL = {
     ),
 }
 
-#: The gateway's fields that ``offloop up`` sets itself.
-DEMO_FIXED = frozenset({"idl", "backends", "services"})
+#: The gateway's fields that ``offloop up`` sets itself (the demo is plaintext on localhost:
+#: no TLS, front or backend).
+DEMO_FIXED = frozenset({"idl", "backends", "services", "tls", "backend_tls"})
 
 WORKER = Schema(
     "worker",
     Tree(
         WorkerConfig,
         require=frozenset({"handler"}),
-        special={"handler": Special(HandlerSpec())},
+        special={"handler": Special(HandlerSpec()), "app_dir": Special(metavar="DIR")},
     ),
 )
 GATEWAY = Schema("gateway", Tree(GatewayConfig, special=GATEWAY_SPECIAL))
@@ -249,3 +260,45 @@ def reference() -> str:
     for name, (schema, _) in COMMANDS.items():
         parts += [f"### `offloop {name}`\n", markdown_table(schema)]
     return "\n".join(parts)
+
+
+# -- offloop hash-key -----------------------------------------------------------------------
+
+
+def add_hash_key(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``hash-key`` command to the ``offloop`` parser's commands."""
+    command = sub.add_parser(
+        "hash-key",
+        help="hash an API key into a line of the --auth-api-keys file",
+        description="Print the line of the API key file (--auth-api-keys) for a key: its "
+        "name, the SHA-256 hash of the key, the methods it may call. The key is read from "
+        "the first line of standard input, or made with --new and printed on standard "
+        "error (once: only its hash is kept). See docs/security.md.",
+    )
+    command.add_argument("name", help="who holds the key: the identity of its calls")
+    command.add_argument(
+        "methods",
+        nargs="*",
+        metavar="METHOD",
+        help="what the key may call: Service.method, Service.* or * (the default)",
+    )
+    command.add_argument(
+        "--new", action="store_true", help="make a new random key (256 bits) instead"
+    )
+
+
+def hash_key(args: argparse.Namespace) -> int:
+    """Run ``offloop hash-key``; returns the exit status (2 for a bad name, key or method)."""
+    if args.new:
+        key = new_key()
+        sys.stderr.write(f"the new key of {args.name} (keep it secret; not shown again):\n")
+        sys.stderr.write(key + "\n")
+    else:
+        key = sys.stdin.readline().strip()
+    try:
+        line = key_line(args.name, key, args.methods)
+    except ValueError as exc:
+        sys.stderr.write(f"offloop hash-key: {exc}\n")
+        return 2
+    sys.stdout.write(line + "\n")
+    return 0

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -62,10 +63,13 @@ from offloop.client.caller import (
     saturated,
 )
 from offloop.client.config import ClientConfig
+from offloop.client.discovery import Discoveries, Resolver
 from offloop.client.errors import NotSentClosedError, NotSentOverloaded
+from offloop.client.targets import DnsTarget, StaticTarget, TargetLike, as_target
 from offloop.errors import ClosedError, DeadlineExceeded, NoBackendError, OffloopError
 from offloop.idl import MethodInfo
 from offloop.runtime.limiter import Limiter
+from offloop.tls import ClientTLS
 
 __all__ = ["THREAD_PREFIX", "ActorCaller", "ActorCrashed", "ThriftActor"]
 
@@ -101,7 +105,7 @@ class ActorCrashed(OffloopError):
 class _Call:
     """One call told to an actor. ``skip`` is set on the loop once nobody waits for it."""
 
-    __slots__ = ("args", "deadline", "future", "method", "skip", "timeout")
+    __slots__ = ("args", "context", "deadline", "future", "method", "skip", "timeout")
 
     def __init__(
         self,
@@ -117,6 +121,9 @@ class _Call:
         self.timeout = timeout
         self.future = future
         self.skip = False  # a bool: read by the actor's thread without a lock
+        # The caller's context variables (request id, principal: offloop.context), for the
+        # info headers the actor's client sends.
+        self.context = contextvars.copy_context()
 
 
 #: Tells an actor to close its socket (its backend failed a health probe).
@@ -202,7 +209,9 @@ class ThriftActor(pykka.ThreadingActor):
             link.post(link.finished, link, call, False, None)
             return None
         try:
-            value = link.client.call(call.method, call.args, call.deadline, call.timeout)
+            value = call.context.run(
+                link.client.call, call.method, call.args, call.deadline, call.timeout
+            )
         except Exception as exc:
             declared = tuple(cls for _, cls in call.method.exceptions)
             if not isinstance(exc, (OffloopError, *declared)):
@@ -274,13 +283,20 @@ class _ActorGroup:
         mailbox: calls an actor may hold queued behind the one it runs.
     """
 
-    def __init__(self, host: str, port: int, mailbox: int) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        mailbox: int,
+        retire: Callable[[_ActorGroup], Awaitable[None]] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.peer = f"{host}:{port}"
         self.mailbox = mailbox
         self.slots: list[_Slot] = []
         self.closing = False
+        self._retire = retire
 
     @property
     def in_flight(self) -> int:
@@ -327,27 +343,44 @@ class _ActorGroup:
                     slot.link.ref.tell(_RESET)
 
     async def close(self) -> None:
-        """Nothing to close per group: :meth:`ActorCaller.close` stops every actor."""
+        """A backend that left its DNS target's set, drained: its actors stop. At shutdown,
+        nothing to close per group: :meth:`ActorCaller.close` stops every actor."""
+        if self._retire is not None and not self.closing:
+            self.closing = True
+            await self._retire(self)
+            return
         await self.drop_connections()
 
 
 class ActorCaller:
     """Actor mode: calls run in Pykka actors, each with a blocking client to one backend.
 
-    Implements :class:`~offloop.client.caller.Caller`. ``actors`` actors are spread over every
-    backend of every service in turn (at least one per backend). Each backend is tracked by
+    Implements :class:`~offloop.client.caller.Caller`. ``actors`` is the most actors (threads)
+    at once, however many backends DNS finds (at least one per static backend and per DNS
+    target). Without DNS targets they are spread over every static backend of every service
+    in turn. With some, each static backend and each DNS target gets ``actors`` divided by
+    their number; the backends a DNS target finds (:mod:`offloop.client.discovery`) share
+    what the static ones leave, evenly among those known at the time: one actor when found,
+    if any is left, topped up once the answer is in; a backend never loses actors while in
+    the set, and those of a backend that left go to the others. A backend found when all are
+    in use gets none (a warning says so; calls sent to it fail ``overloaded`` unsent and are
+    retried elsewhere) until some are freed. Actors start when their backend is found and
+    stop once it has left the set and drained. Each backend is tracked by
     a :class:`~offloop.client.balancer.Balancer` and calls go through
     :func:`~offloop.client.caller.call_with_retries`, so health and retries behave as in the
     event-loop mode. Threads: one per actor, started by :meth:`start` and joined by
     :meth:`close`; a crashed actor is replaced by a task the caller owns.
 
     Args:
-        backends: service name -> backend addresses.
-        actors: how many actors (hence threads and connections) in all.
+        backends: service name -> backend targets (:mod:`offloop.client.targets`).
+        actors: how many actors (hence threads and connections) in all, at most.
         mailbox: calls an actor may hold queued behind the one it runs; beyond that on
             every actor of every healthy backend, a call raises ``Overloaded`` at once.
         client: connection settings (protocol, frame limit, connect timeout).
         health: probe timings.
+        tls: TLS for the actors' connections (None: plain TCP); health probes stay TCP
+            connects, which a TLS port accepts and closes without a word.
+        resolver: makes the resolver of a DNS target (DNS itself by default).
 
     Raises:
         ValueError: no backend, or ``actors`` < 1, or ``mailbox`` < 0.
@@ -355,35 +388,65 @@ class ActorCaller:
 
     def __init__(
         self,
-        backends: Mapping[str, Sequence[tuple[str, int]]],
+        backends: Mapping[str, Sequence[TargetLike]],
         *,
         actors: int = 32,
         mailbox: int = 4,
         client: ClientConfig | None = None,
         health: HealthConfig | None = None,
+        tls: ClientTLS | None = None,
+        resolver: Callable[[DnsTarget], Resolver] | None = None,
     ) -> None:
         if actors < 1:
             raise ValueError(f"actors must be at least 1, not {actors}")
         if mailbox < 0:
             raise ValueError(f"mailbox must be >= 0, not {mailbox}")
         self._client = client or ClientConfig()
+        self._tls = tls
+        self._mailbox = mailbox
+        self._discoveries = Discoveries(resolver)
         self._balancers: dict[str, Balancer] = {}
         groups: list[_ActorGroup] = []
-        for service, addrs in backends.items():
+        dynamic: list[tuple[DnsTarget, Balancer]] = []
+        for service, targets in backends.items():
             members = []
-            for host, port in addrs:
-                group = _ActorGroup(host, port, mailbox)
-                groups.append(group)
-                members.append(Backend(host, port, group))
-            self._balancers[service] = Balancer(members, health)
-        if not groups:
+            found = [as_target(t) for t in targets]
+            for target in found:
+                if isinstance(target, StaticTarget):
+                    group = _ActorGroup(target.host, target.port, mailbox)
+                    groups.append(group)
+                    members.append(Backend(target.host, target.port, group))
+            balancer = Balancer(
+                members,
+                health,
+                on_down=self._discoveries.on_down,
+                empty_ok=len(members) < len(found),
+            )
+            dynamic += [(t, balancer) for t in found if isinstance(t, DnsTarget)]
+            self._balancers[service] = balancer
+        if not groups and not dynamic:
             raise ValueError("at least one backend is needed")
+        for target, balancer in dynamic:
+            self._discoveries.follow(target, balancer, self._group)
         self._groups = groups
         self._slots: list[_Slot] = []
-        for i in range(max(actors, len(groups))):
+        # Item 7: ``actors`` is a cap on all actors, DNS ones included. Without DNS targets
+        # the static backends share them all; with some, each static backend gets a share
+        # (as many as a DNS target gets in all), and the DNS backends share the rest.
+        share = max(1, actors // (len(groups) + len(dynamic)))
+        static = max(actors, len(groups)) if not dynamic else share * len(groups)
+        for i in range(static):
             slot = _Slot(i, groups[i % len(groups)])
             slot.group.slots.append(slot)
             self._slots.append(slot)
+        #: Most actors at once: ``actors``, but one per static backend and DNS target at least.
+        self._cap = max(actors, static + len(dynamic))
+        self._static = static
+        #: The groups of backends found by DNS, which share ``_cap - _static`` actors.
+        self._found: list[_ActorGroup] = []
+        self._rebalancing = False
+        self._next_slot = len(self._slots)
+        self._retired: list[_ActorLink] = []  # actors of drained backends, stopping
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -397,13 +460,122 @@ class ActorCaller:
         loop = self._loop = asyncio.get_running_loop()
         links = [self._spawn(slot) for slot in self._slots]
         await loop.run_in_executor(None, _wait_started, links)
+        await self._discoveries.start()
+        self._rebalance()  # the share of the backends of the first answers
         for balancer in self._balancers.values():
             balancer.start()
+
+    def _group(self, host: str, port: int) -> _ActorGroup:
+        """The actors of a backend found by DNS (started at once if the caller runs): one
+        now, if the cap leaves room, and its share once the whole answer is in."""
+        group = _ActorGroup(host, port, self._mailbox, self._retire)
+        self._groups.append(group)
+        self._found.append(group)
+        self._grow(group, 1)
+        if not group.slots:
+            log.warning(
+                "backend %s gets no actor: all %d are in use (raise --actors)",
+                group.peer,
+                self._cap,
+            )
+        self._rebalance_soon()
+        return group
+
+    def _grow(self, group: _ActorGroup, n: int) -> None:
+        """Give ``group`` up to ``n`` more actors, as the cap allows (actors still stopping
+        count against it until their threads have exited)."""
+        for _ in range(min(n, self._cap - len(self._slots) - len(self._retired))):
+            slot = _Slot(self._next_slot, group)
+            self._next_slot += 1
+            group.slots.append(slot)
+            self._slots.append(slot)
+            if self._loop is not None and not self._closed:
+                self._spawn(slot)
+
+    def _rebalance_soon(self) -> None:
+        if self._rebalancing or self._loop is None:
+            return  # before start, the share is given at start
+        self._rebalancing = True
+        self._loop.call_soon(self._rebalance)
+
+    def _rebalance(self) -> None:
+        """Item 7: top the DNS backends up to an even share of the actors they share (the
+        cap less the static backends'), the fewest first. Actors are never taken from a
+        backend: one that has more than its share (the set grew) keeps them until it leaves,
+        and then they go to the others."""
+        self._rebalancing = False
+        if self._closed or not self._found:
+            return
+        each = self._each()
+        for group in self._found:
+            self._shrink(group, each)
+        for group in sorted(self._found, key=lambda g: len(g.slots)):
+            if len(group.slots) < each:
+                self._grow(group, each - len(group.slots))
+
+    def _each(self) -> int:
+        """The even share of a DNS backend now."""
+        return max(1, (self._cap - self._static) // max(1, len(self._found)))
+
+    def _shrink(self, group: _ActorGroup, each: int) -> None:
+        """Stop idle actors of ``group`` beyond ``each`` (a busy one is asked again once its
+        calls are done: :meth:`_finished`); their room goes to the others once they exit."""
+        assert self._loop is not None
+        for slot in [s for s in group.slots if s.alive and not s.limiter.borrowed]:
+            if len(group.slots) <= each:
+                return
+            group.slots.remove(slot)
+            self._slots.remove(slot)
+            slot.alive = False
+            link = slot.link
+            if link is not None and link.ref is not None:
+                link.ref.stop(block=False)
+                self._retired.append(link)
+                task = self._loop.create_task(self._reap(link))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _reap(self, link: _ActorLink) -> None:
+        """Wait (off the loop, bounded) for a stopped actor's thread, then use its room."""
+        assert self._loop is not None
+        if await self._loop.run_in_executor(None, link.join, _THREAD_WAIT):
+            self._retired = [other for other in self._retired if other is not link]
+        self._rebalance_soon()
+
+    async def _retire(self, group: _ActorGroup) -> None:
+        """Stop the actors of a backend that left the set and drained, and wait (off the
+        loop, bounded) for their threads."""
+        links: list[_ActorLink] = []
+        for slot in group.slots:
+            self._fail_calls(
+                slot,
+                lambda peer: ClosedError(f"backend {peer} left the set during a call"),
+                lambda peer: NotSentClosedError(f"backend {peer} left the set"),
+            )
+            slot.alive = False
+            if slot in self._slots:
+                self._slots.remove(slot)
+            if slot.link is not None:
+                links.append(slot.link)
+                slot.link.client.interrupt()
+                if slot.link.ref is not None:
+                    slot.link.ref.stop(block=False)
+        if group in self._groups:
+            self._groups.remove(group)
+        found = group in self._found
+        if found:
+            self._found.remove(group)
+        self._retired += links
+        if links and self._loop is not None:
+            left = await self._loop.run_in_executor(None, _join_all, links)
+            self._retired = [link for link in self._retired if link.name in left]
+        if found:
+            self._rebalance_soon()  # its actors' room goes to the others
 
     def _spawn(self, slot: _Slot) -> _ActorLink:
         assert self._loop is not None
         group = slot.group
-        client = BlockingClient(group.host, group.port, self._client)
+        client = BlockingClient(group.host, group.port, self._client, tls=self._tls)
         link = _ActorLink(slot, client, self._loop, self._finished, self._died)
         link.ref = ThriftActor.start(link)
         slot.link = link
@@ -418,12 +590,13 @@ class ActorCaller:
         self._closed = True
         for group in self._groups:
             group.closing = True
+        await self._discoveries.close()
         await asyncio.gather(*(b.close() for b in self._balancers.values()))
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        links: list[_ActorLink] = []
+        links: list[_ActorLink] = list(self._retired)
         for slot in self._slots:
             self._fail_calls(
                 slot,
@@ -498,6 +671,13 @@ class ActorCaller:
         slot = link.slot
         if slot.link is link:
             slot.drop(call)
+            group = slot.group
+            if (
+                not slot.limiter.borrowed
+                and len(group.slots) > self._each()
+                and group in self._found
+            ):
+                self._rebalance_soon()  # an actor beyond its backend's share is idle now
         fut = call.future
         if fut.done():
             return

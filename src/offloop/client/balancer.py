@@ -6,6 +6,20 @@ State machine of a backend:
   it ``down`` at once; so does a failed health probe.
 - ``down``: skipped by :meth:`Balancer.pick`. Probed (a TCP connect) with exponential backoff
   from ``probe_min`` to ``probe_max`` seconds; the first successful probe marks it ``up``.
+- ``draining``: no new calls; the calls in flight finish (each ends by its deadline at the
+  latest), then its connections close. A backend drains when it leaves the set of its DNS
+  target (:meth:`Balancer.remove`: once idle it is closed and forgotten, unless it came back
+  first, when it is ``up`` again with its connections as they are) or when it answered
+  "shutting down" (:meth:`Balancer.drain`: once idle its connections are dropped and it is
+  ``down``, probed until its next incarnation accepts).
+
+A backend added to a running balancer (:meth:`Balancer.add`, a new DNS record) starts
+``down`` and is probed at once: it gets calls only after a successful connect. Least in flight
+then favours it (with no calls in flight it wins every comparison it is drawn into), but P2C
+draws it into only about two picks in ``n``, and each call it takes counts against it at
+once, so a cold backend fills up to its peers' level instead of taking a burst. No ramp is
+needed: a worker refuses what exceeds its admission at once, and that refusal teaches
+:class:`Capacity`.
 
 Up backends are probed every ``probe_max`` seconds too, so one that dies while idle is out
 within ``probe_max`` + ``connect_timeout`` seconds, and a recovered one is back within
@@ -47,7 +61,15 @@ from typing import Protocol, cast
 
 from offloop.client.network import TCP, Network
 
-__all__ = ["FORGET_AFTER", "Backend", "Balancer", "Capacity", "HealthConfig", "Target"]
+__all__ = [
+    "DRAIN_POLL",
+    "FORGET_AFTER",
+    "Backend",
+    "Balancer",
+    "Capacity",
+    "HealthConfig",
+    "Target",
+]
 
 log = logging.getLogger("offloop.balancer")
 
@@ -56,6 +78,10 @@ log = logging.getLogger("offloop.balancer")
 #: probes) gets its full capacity back without waiting for additive increase. While a storm
 #: keeps the limit reached it is kept: forgetting it then would only let a flood through.
 FORGET_AFTER = 10.0
+
+#: Seconds between two looks at a draining backend's calls in flight. Polling keeps the call
+#: path free of any "now idle" notification; draining is rare and may end this much late.
+DRAIN_POLL = 0.05
 
 
 class _Probe(asyncio.Protocol):
@@ -155,16 +181,21 @@ class Capacity:
 
 
 class Backend:
-    """One backend address and its client; ``state`` is ``up`` or ``down``."""
+    """One backend address and its client; ``state`` is ``up``, ``down`` or ``draining``;
+    ``source`` is where it came from (``static``, or the DNS target that found it)."""
 
-    def __init__(self, host: str, port: int, target: Target) -> None:
+    def __init__(self, host: str, port: int, target: Target, source: str = "static") -> None:
         self.host = host
         self.port = port
         self.target = target
+        self.source = source
         self.state = "up"
         self.failures = 0
         self.capacity = Capacity()
         self._delay = 0.0
+        # Calls it answered: a backend whose probe fails while calls are in flight is alive
+        # only if it answered some while the probe tried.
+        self.answers = 0
 
     @property
     def address(self) -> str:
@@ -200,6 +231,9 @@ class Balancer:
         on_up: called with each backend when probing starts, when it comes back up, and
             after each successful probe of it (loop mode opens its pool's connections); it
             must not block, and must own any task it starts.
+        on_down: called with a backend marked down, or whose probe failed (discovery asks
+            DNS again: the backend may have moved); it must not block.
+        empty_ok: whether ``backends`` may be empty (backends found later by discovery).
     """
 
     def __init__(
@@ -210,10 +244,18 @@ class Balancer:
         rng: random.Random | None = None,
         network: Network = TCP,
         on_up: Callable[[Backend], None] | None = None,
+        on_down: Callable[[Backend], None] | None = None,
+        empty_ok: bool = False,
     ) -> None:
-        if not backends:
+        if not backends and not empty_ok:
             raise ValueError("at least one backend is needed")
+        #: The backends in rotation or probed back into it: ``up`` and ``down`` ones, and
+        #: those draining because they answered "shutting down".
         self.backends = list(backends)
+        #: Backends that left their target's set, draining before they are closed.
+        self.draining: list[Backend] = []
+        self._on_down = on_down
+        self._drains: dict[Backend, asyncio.Task[None]] = {}
         self.health = health or HealthConfig()
         self._rng = rng or random.Random()
         self._network = network
@@ -234,6 +276,18 @@ class Balancer:
 
     def any_up(self) -> bool:
         return any(b.up for b in self.backends)
+
+    def last_resort(self) -> Backend | None:
+        """When no backend is up: a ``down`` one to try anyway, else None.
+
+        A worker restarted on its address answers before the next probe can say so (a probe
+        made while it was away marked it down); failing every call until that probe would
+        turn a restart into an outage for a service with one backend. Trying costs a
+        refused connect when the backend really is away, and the call fails as it would
+        have, with the connect error.
+        """
+        down = [b for b in self.backends if b.state == "down"]
+        return self._rng.choice(down) if down else None
 
     def saturated(self, exclude: Sequence[Backend] = ()) -> bool:
         """Whether some backend not in ``exclude`` is up and every such one is at its learned
@@ -266,7 +320,11 @@ class Balancer:
 
     def answered(self, backend: Backend) -> None:
         """The backend ran a call (answered it, whatever the outcome); the call is no longer
-        counted in its target's ``in_flight``."""
+        counted in its target's ``in_flight``. A ``down`` backend that answered (tried as
+        :meth:`last_resort`) is up."""
+        backend.answers += 1
+        if backend.state == "down":
+            self.mark_up(backend)
         backend.capacity.succeeded(backend.target.in_flight)
 
     def forget_quiet_limits(self, now: float, quiet: float = FORGET_AFTER) -> None:
@@ -296,6 +354,8 @@ class Balancer:
         come back another size)."""
         backend.failures += 1
         backend.capacity.reset()
+        if self._on_down is not None:
+            self._on_down(backend)
         if backend.up:
             log.warning("backend %s is down: %s", backend.address, reason)
             backend.state = "down"
@@ -303,7 +363,7 @@ class Balancer:
 
     def mark_up(self, backend: Backend) -> None:
         if not backend.up:
-            log.info("backend %s is back up", backend.address)
+            log.info("backend %s is %s", backend.address, "back up" if backend.failures else "up")
             backend.capacity.reset()
         backend.state = "up"
         backend._delay = 0.0
@@ -333,16 +393,26 @@ class Balancer:
                         self._on_up(backend)
 
     async def _probe_backend(self, backend: Backend, now: float, due: dict[Backend, float]) -> None:
+        answers_before = backend.answers
         ok = await self.probe(backend)
         loop = asyncio.get_running_loop()
+        # Whether it answered calls while the probe tried to connect (at most
+        # connect_timeout): a backend that is alive but slow to accept still answers.
+        progressed = backend.answers != answers_before
+        if backend.state == "draining" or backend not in self.backends:
+            return  # drained or removed meanwhile: a probe does not bring it back
+        if not ok and self._on_down is not None:
+            self._on_down(backend)
         if ok:
             self.mark_up(backend)
             due[backend] = loop.time() + self.health.probe_max
         else:
-            if backend.up and backend.target.in_flight:
+            if backend.up and backend.target.in_flight and progressed:
                 # A connect that times out under load (a busy loop here or a slow accept
-                # there) is not a dead backend: its open connections still carry calls, and
-                # a broken one marks it down by itself. Dropping them would fail every call.
+                # there) is not a dead backend while its open connections still carry calls
+                # and it answered some while the probe tried: dropping them would fail every
+                # call. One that answered nothing meanwhile is gone (a cut link holds its
+                # calls until their deadlines): it goes down, and its connections with it.
                 due[backend] = loop.time() + self.health.probe_max
                 return
             if backend.up:
@@ -359,12 +429,15 @@ class Balancer:
         due = {b: loop.time() + self.health.probe_max for b in self.backends}
         while True:
             now = loop.time()
+            if len(due) != len(self.backends) or any(b not in due for b in self.backends):
+                # Backends added (probed at once, on their zero backoff) or removed.
+                due = {b: due.get(b, now) for b in self.backends}
             # A backend marked down by a failed call is probed right away on its backoff.
             for b in self.backends:
-                if not b.up and due[b] > now + b._delay:
+                if b.state == "down" and due[b] > now + b._delay:
                     due[b] = now + b._delay
             self.forget_quiet_limits(time.monotonic())
-            ready = [b for b in self.backends if due[b] <= now]
+            ready = [b for b in self.backends if due[b] <= now and b.state != "draining"]
             if ready:
                 results = await asyncio.gather(
                     *(self._probe_backend(b, now, due) for b in ready), return_exceptions=True
@@ -374,14 +447,92 @@ class Balancer:
                         # A bug here must not end probing for good: log it, retry later.
                         log.error("health probe of %s failed", backend.address, exc_info=outcome)
                         due[backend] = loop.time() + self.health.probe_max
-            next_due = min(due.values())
+            next_due = min(due.values(), default=now + self.health.probe_max)
             await asyncio.sleep(max(0.01, min(next_due - loop.time(), self.health.probe_min)))
 
+    # -- the set: discovery and draining ------------------------------------------------
+
+    def find(self, host: str, port: int, source: str) -> Backend | None:
+        """The backend of ``source`` at ``host:port``, in rotation or draining."""
+        for b in (*self.backends, *self.draining):
+            if b.host == host and b.port == port and b.source == source:
+                return b
+        return None
+
+    def add(self, host: str, port: int, source: str, target: Callable[[], Target]) -> Backend:
+        """Add a backend found by ``source``; returns it.
+
+        One that is draining after it left the set is ``up`` again at once, with the
+        connections it has. A new one (its client made by ``target()``) starts ``down`` and
+        is probed at once: it gets calls only after a successful connect.
+        """
+        backend = self.find(host, port, source)
+        if backend is not None:
+            if backend in self.draining:
+                self.draining.remove(backend)
+                self.backends.append(backend)
+                backend.state = "up"
+                log.info("backend %s (%s) is back in the set: up again", backend.address, source)
+            return backend
+        backend = Backend(host, port, target(), source)
+        backend.state = "down"
+        backend._delay = 0.0  # probed on the probe loop's next turn
+        self.backends.append(backend)
+        log.info("backend %s (%s) added; up after its first connect", backend.address, source)
+        return backend
+
+    def remove(self, host: str, port: int, source: str) -> None:
+        """The backend of ``source`` at ``host:port`` left the set: drain it, then close it
+        (unless it is added back first)."""
+        backend = self.find(host, port, source)
+        if backend is None or backend in self.draining:
+            return
+        self.backends.remove(backend)
+        self.draining.append(backend)
+        log.info("backend %s (%s) left the set: draining", backend.address, source)
+        self._start_drain(backend)
+
+    def drain(self, backend: Backend, reason: str) -> None:
+        """Take ``backend`` out of rotation while its calls in flight finish (it answered
+        "shutting down"); then drop its connections and mark it down, to be probed."""
+        if backend.state == "draining" or backend not in self.backends:
+            return
+        log.info("backend %s is draining: %s", backend.address, reason)
+        self._start_drain(backend)
+
+    def _start_drain(self, backend: Backend) -> None:
+        backend.state = "draining"
+        backend.capacity.reset()
+        if backend not in self._drains:
+            task = asyncio.get_running_loop().create_task(self._drain(backend))
+            self._drains[backend] = task
+            task.add_done_callback(lambda _: self._drains.pop(backend, None))
+
+    async def _drain(self, backend: Backend) -> None:
+        # Every call in flight has a deadline, so this ends at the latest deadline of them.
+        while backend.state == "draining" and backend.target.in_flight:
+            await asyncio.sleep(DRAIN_POLL)
+        if backend.state != "draining":
+            return  # back in the set meanwhile: nothing to close
+        if backend in self.draining:
+            self.draining.remove(backend)
+            log.info("backend %s (%s) drained: closed", backend.address, backend.source)
+            await backend.target.close()
+        else:
+            backend.state = "down"
+            backend._delay = self.health.probe_min
+            log.info("backend %s drained: down until it accepts again", backend.address)
+            await backend.target.drop_connections()
+
     async def close(self) -> None:
-        """Stop probing and close every backend's client."""
+        """Stop probing and draining, and close every backend's client."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.gather(*(b.target.close() for b in self.backends))
+        drains = list(self._drains.values())
+        for task in drains:
+            task.cancel()
+        await asyncio.gather(*drains, return_exceptions=True)
+        await asyncio.gather(*(b.target.close() for b in (*self.backends, *self.draining)))

@@ -12,18 +12,29 @@ connection, garbage, or :meth:`BlockingClient.reset`) *no socket* again. It neve
 reply to an earlier call: after any error that leaves the stream unknown it closes the socket
 and reconnects lazily, and before reusing an idle socket it checks that the peer has not
 closed it.
+
+Framing is :attr:`ClientConfig.transport <offloop.client.config.ClientConfig.transport>`'s,
+as in the async client: in ``auto`` the first socket sends the transport probe and waits for
+one frame (at most ``connect_timeout``); a header frame back makes every call a THeader frame
+carrying the context's info headers (:func:`offloop.context.outgoing_headers`), anything else
+makes them plain framed on a new socket. A THeader answer is kept for the client's life; a
+framed one for :data:`~offloop.client.config.REPROBE_FRAMED_AFTER` seconds (a socket made
+later asks again: the server may have been replaced by an offloop worker); no answer in time,
+or a header frame followed by more bytes, is not kept (the next socket asks again).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
+import ssl
 import threading
 import time
 from typing import Any
 
-from offloop.client.config import ClientConfig
+from offloop.client.config import REPROBE_FRAMED_AFTER, ClientConfig
 from offloop.client.errors import (
     BACKEND_UNAVAILABLE,
     NotSentClosedError,
@@ -32,9 +43,12 @@ from offloop.client.errors import (
     connect_error,
 )
 from offloop.codec.call import CallCodec
-from offloop.codec.framing import FrameDecoder
+from offloop.codec.framing import FrameDecoder, FrameError
+from offloop.codec.header import is_header_frame
+from offloop.context import outgoing_headers
 from offloop.errors import BrokenError, ClosedError, DeadlineExceeded, RemoteProtocolError
 from offloop.idl import MethodInfo
+from offloop.tls import ClientTLS, TLSHandshakeError, describe_handshake_error
 
 __all__ = ["BlockingClient"]
 
@@ -46,6 +60,15 @@ _RECV_SIZE = 64 * 1024
 
 def _peer_closed(sock: socket.socket) -> bool:
     """Whether an idle socket is unusable: the peer closed it, or sent bytes nobody asked for."""
+    if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: read, and lose, a byte
+        try:
+            sock.settimeout(0.0)
+            sock.recv(1)
+        except ssl.SSLWantReadError:
+            return False  # no application data (a TLS 1.3 session ticket, perhaps): open
+        except OSError:
+            return True
+        return True
     try:
         sock.settimeout(0.0)
         sock.recv(1, socket.MSG_PEEK)
@@ -66,14 +89,27 @@ class BlockingClient:
         host: the server's host.
         port: the server's TCP port.
         config: protocol, frame limit and connect timeout.
+        tls: TLS for its connections (the server's certificate verified, a client
+            certificate presented if it has one); None for plain TCP. The handshake runs
+            within the connect timeout.
     """
 
-    def __init__(self, host: str, port: int, config: ClientConfig) -> None:
+    def __init__(
+        self, host: str, port: int, config: ClientConfig, *, tls: ClientTLS | None = None
+    ) -> None:
         self._host = host
         self._port = port
+        self._tls = tls
         self._peer = f"{host}:{port}"
         self._config = config
         self._calls = CallCodec(config.protocol, config.max_frame_size, self._peer, config.decode)
+        # THeader or framed; None until a probe has told (transport "auto").
+        self._header: bool | None = (
+            None if config.transport == "auto" else (config.transport == "header")
+        )
+        self._calls.header = bool(self._header)
+        # When a framed answer is asked again (transport "auto"; items 17, 19).
+        self._reprobe_at = math.inf
         self._sock: socket.socket | None = None
         self._closed = False
         # Guards swapping ``_sock`` against interrupt() from another thread; never held
@@ -84,6 +120,11 @@ class BlockingClient:
     def peer(self) -> str:
         """The server's address, ``host:port``."""
         return self._peer
+
+    @property
+    def header(self) -> bool | None:
+        """Whether calls go out as THeader frames; None while not yet known (``auto``)."""
+        return self._header
 
     @property
     def connected(self) -> bool:
@@ -123,13 +164,22 @@ class BlockingClient:
             raise NotSentDeadline(f"call of {method.name} to {self._peer}: no time left")
         calls = self._calls
         seqid = calls.next_seqid()
-        frame = calls.encode_call(method, seqid, args)
+        message = calls.encode_message(method, seqid, args)  # refused before connecting
         sock = self._sock
         if sock is not None and _peer_closed(sock):
             self.reset()
             sock = None
         if sock is None:
             sock = self._connect(method, deadline)
+            if self._header is False and time.monotonic() >= self._reprobe_at:
+                self._header = None  # item 19: a framed answer is asked again, rarely
+            if self._header is None:
+                sock = self._probe(sock, method, deadline)
+        headers = None
+        if calls.header:
+            now = time.monotonic()
+            headers = outgoing_headers(deadline - now, now)
+        frame = calls.frame_message(message, seqid, headers)
         self._send(sock, method, frame, deadline)
         if method.oneway:
             return None
@@ -178,6 +228,7 @@ class BlockingClient:
 
     def _connect(self, method: MethodInfo, deadline: float) -> socket.socket:
         limit = min(self._config.connect_timeout, deadline - time.monotonic())
+        until = time.monotonic() + limit
         try:
             sock = socket.create_connection((self._host, self._port), timeout=limit)
         except OSError as exc:  # TimeoutError included
@@ -187,12 +238,64 @@ class BlockingClient:
                 ) from exc
             raise connect_error(self._peer, exc, self._config.connect_timeout) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            sock = self._handshake(sock, until, limit)
         with self._lock:
             if not self._closed:
                 self._sock = sock
                 return sock
         sock.close()
         raise self._closed_error()
+
+    def _handshake(self, sock: socket.socket, until: float, limit: float) -> socket.socket:
+        """TLS over the connected ``sock``, done by ``until`` (the connect limit's end)."""
+        assert self._tls is not None
+        try:
+            sock.settimeout(max(until - time.monotonic(), 0.001))
+            return self._tls.current().wrap_socket(
+                sock, server_hostname=self._tls.server_name(self._host)
+            )
+        except OSError as exc:  # the SSL errors and TimeoutError included
+            sock.close()
+            why = TLSHandshakeError(f"TLS handshake failed: {describe_handshake_error(exc)}")
+            if isinstance(exc, TimeoutError):
+                why = TLSHandshakeError(f"TLS handshake not done within {limit:.3g}s")
+            raise connect_error(self._peer, why, self._config.connect_timeout) from exc
+
+    def _probe(self, sock: socket.socket, method: MethodInfo, deadline: float) -> socket.socket:
+        """Ask a new socket's server whether it speaks THeader (see the module docstring);
+        the socket to call on: ``sock``, or a new one if it does not."""
+        limit = min(self._config.connect_timeout, deadline - time.monotonic())
+        answer: bool | None = None
+        decoder = FrameDecoder(self._config.max_frame_size)
+        try:
+            sock.settimeout(max(limit, 0.001))
+            sock.sendall(self._calls.encode_probe())
+            while answer is None:
+                for frame in decoder.frames():
+                    answer = is_header_frame(frame)
+                    break
+                else:
+                    chunk = sock.recv(_RECV_SIZE)
+                    if not chunk:
+                        answer = False
+                    decoder.feed(chunk)
+        except TimeoutError:
+            answer = None  # not remembered: the next socket asks again
+        except (OSError, FrameError):
+            answer = False
+        if answer and not decoder.buffered:
+            self._header = self._calls.header = True
+            return sock
+        if answer and decoder.buffered:
+            answer = None  # item 17: a header frame and more: unclear, asked again next time
+        if answer is not None:
+            self._header = False
+            self._reprobe_at = time.monotonic() + REPROBE_FRAMED_AFTER
+            log.info("%s does not speak THeader: calls to it are plain framed", self._peer)
+        self._calls.header = False
+        self.reset()
+        return self._connect(method, deadline)
 
     def _send(self, sock: socket.socket, method: MethodInfo, data: bytes, deadline: float) -> None:
         # A failed or timed-out sendall wrote less than the whole frame: the server cannot

@@ -18,7 +18,9 @@ Retry policy, shared by both through :func:`call_with_retries`:
   refusal by the backend itself lowers its limit, an answered call may raise it;
 - a call that could not be *sent* (connect failed, connection already broken) is retried
   once on another backend;
-- a call already sent is never retried, unless its method is declared idempotent.
+- a call already sent is never retried, unless its method is declared idempotent;
+- when no backend is up, one that is down is tried anyway (:meth:`Balancer.last_resort`):
+  a worker restarted on its address answers before the next probe can say so.
 
 A caller may also offer ``saturated(service)`` (:class:`Shedding`), which the gateway asks
 before it even parses a request, so that a storm of calls nobody can take costs it as little
@@ -34,9 +36,11 @@ from typing import Any, Protocol, cast
 
 from offloop.client.balancer import Backend, Balancer, HealthConfig
 from offloop.client.config import ClientConfig
+from offloop.client.discovery import Discoveries, Resolver
 from offloop.client.errors import NotSentError, NotSentOverloaded
 from offloop.client.network import TCP, Network
 from offloop.client.pool import ConnectionPool
+from offloop.client.targets import DnsTarget, StaticTarget, TargetLike, as_target
 from offloop.errors import (
     BrokenError,
     ConnectError,
@@ -77,6 +81,8 @@ class BackendState:
         up: whether it is in rotation.
         in_flight: calls in flight to it now.
         limit: the calls in flight it admits, as learned from its refusals; None: unknown.
+        source: ``static``, or the DNS target that found it.
+        state: ``up``, ``down`` or ``draining`` (see :mod:`offloop.client.balancer`).
     """
 
     service: str
@@ -84,6 +90,8 @@ class BackendState:
     up: bool
     in_flight: int
     limit: int | None = None
+    source: str = "static"
+    state: str = "up"
 
 
 class Caller(Protocol):
@@ -156,9 +164,11 @@ def backend_states(balancers: Mapping[str, Balancer]) -> list[BackendState]:
     """Each backend of each service, with its health, its target's calls in flight, and its
     learned limit."""
     return [
-        BackendState(service, b.address, b.up, b.target.in_flight, b.capacity.limit)
+        BackendState(
+            service, b.address, b.up, b.target.in_flight, b.capacity.limit, b.source, b.state
+        )
         for service, balancer in balancers.items()
-        for b in balancer.backends
+        for b in (*balancer.backends, *balancer.draining)
     ]
 
 
@@ -180,8 +190,9 @@ async def call_with_retries(
     Raises:
         NotSentOverloaded: every backend that is up is at its learned limit (nothing tried).
         Overloaded: every backend tried refused the call, and no other one has room.
-        NoBackendError: no backend is up.
-        Exception: what the last attempt raised (see :meth:`Caller.call`).
+        NoBackendError: no backend is up, and none is down either (all draining).
+        Exception: what the last attempt raised (see :meth:`Caller.call`); a connect error
+            when no backend was up and the one tried anyway refused.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -191,6 +202,8 @@ async def call_with_retries(
     last: Exception | None = None
     while True:
         backend = balancer.pick(exclude=tried)
+        if backend is None and not tried and not balancer.any_up():
+            backend = balancer.last_resort()
         if backend is None:
             if overloaded == len(tried) and (overloaded or balancer.saturated(tried)):
                 if not tried:
@@ -215,7 +228,9 @@ async def call_with_retries(
         except Overloaded as exc:  # refused by the backend, or by our own limit: not run
             # Only the backend's own refusal tells its capacity: not our limits (not sent),
             # nor a worker that refuses everything because it is shutting down.
-            if not isinstance(exc, NotSentError | ShuttingDown):
+            if isinstance(exc, ShuttingDown):
+                balancer.drain(backend, str(exc))
+            elif not isinstance(exc, NotSentError):
                 balancer.refused(backend, ahead)
             overloaded += 1
             last = exc
@@ -244,42 +259,52 @@ class AsyncCaller:
     """Event-loop mode: per backend a small pool of multiplexed async connections.
 
     Args:
-        backends: service name -> backend addresses.
+        backends: service name -> backend targets (:mod:`offloop.client.targets`): static
+            addresses, and DNS targets followed by :mod:`offloop.client.discovery`.
         client: connection settings, ``pool_size`` connections per backend among them.
         health: probe timings.
         network: how connections are opened (TCP by default).
+        resolver: makes the resolver of a DNS target (DNS itself by default).
     """
 
     def __init__(
         self,
-        backends: Mapping[str, Sequence[tuple[str, int]]],
+        backends: Mapping[str, Sequence[TargetLike]],
         client: ClientConfig | None = None,
         *,
         health: HealthConfig | None = None,
         network: Network = TCP,
+        resolver: Callable[[DnsTarget], Resolver] | None = None,
     ) -> None:
         self._client = client or ClientConfig()
-        pool_size = self._client.pool_size
-        self._balancers = {
-            service: Balancer(
-                [
-                    Backend(
-                        host,
-                        port,
-                        ConnectionPool(host, port, self._client, size=pool_size, network=network),
-                    )
-                    for host, port in addrs
-                ],
+        self._network = network
+        self._discoveries = Discoveries(resolver)
+        self._balancers: dict[str, Balancer] = {}
+        for service, targets in backends.items():
+            found = [as_target(t) for t in targets]
+            static = [t for t in found if isinstance(t, StaticTarget)]
+            balancer = Balancer(
+                [Backend(t.host, t.port, self._pool(t.host, t.port)) for t in static],
                 health,
                 network=network,
                 on_up=_open_connections,
+                on_down=self._discoveries.on_down,
+                empty_ok=len(static) < len(found),
             )
-            for service, addrs in backends.items()
-        }
+            for target in found:
+                if isinstance(target, DnsTarget):
+                    self._discoveries.follow(target, balancer, self._pool)
+            self._balancers[service] = balancer
+
+    def _pool(self, host: str, port: int) -> ConnectionPool:
+        size = self._client.pool_size
+        return ConnectionPool(host, port, self._client, size=size, network=self._network)
 
     async def start(self) -> None:
-        """Start probing; each backend's pool opens its connections in the background (and
-        again whenever the backend is seen up), so that a first burst finds them open."""
+        """Resolve the DNS targets once, then start probing; each backend's pool opens its
+        connections in the background (and again whenever the backend is seen up), so that
+        a first burst finds them open."""
+        await self._discoveries.start()
         for balancer in self._balancers.values():
             balancer.start()
 
@@ -309,6 +334,7 @@ class AsyncCaller:
         return backend_states(self._balancers)
 
     async def close(self) -> None:
+        await self._discoveries.close()
         await asyncio.gather(*(b.close() for b in self._balancers.values()))
 
 

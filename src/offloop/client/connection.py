@@ -21,6 +21,20 @@ convention: test ``isinstance(exc, NotSentError)``.
 Encoding calls, numbering them and decoding replies is :class:`~offloop.codec.call.CallCodec`'s
 work, shared with the blocking client; this module is only the asyncio I/O around it.
 
+**Framing.** A connection sends plain framed calls or THeader frames carrying the call's info
+headers (:func:`offloop.context.outgoing_headers`: request id, deadline, principal), as
+``config.transport`` says, or in ``auto`` as a probe says: :meth:`ThriftConnection.connect`
+then sends :meth:`~offloop.codec.call.CallCodec.encode_probe` first and waits for one frame,
+at most ``connect_timeout``. A header frame back: header. Anything else (a framed reply, the
+peer closing, as Apache's and thriftpy2's framed servers do, or silence) and the connection
+is replaced by a framed one. The answer is :attr:`ThriftConnection.header`, which a pool
+remembers for its backend (:attr:`ThriftConnection.probe_definite` says whether it may).
+
+**Cancellation** (issue 13). A call that is cancelled or times out after its frame was queued
+sends :meth:`~offloop.codec.call.CallCodec.encode_cancel` for its seqid on a header
+connection, so that the worker drops it from its queue or stops it; a framed connection sends
+nothing (only an offloop worker understands the message).
+
 Cost per call is kept low, as this is the gateway's hot path: no task per call (a call is a
 future, an optional timer handle and one dict entry); the frames of the calls made in one
 loop iteration leave in a single ``write`` at its end; replies are decoded in
@@ -32,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -49,6 +64,8 @@ from offloop.client.errors import (
 from offloop.client.network import TCP, Network
 from offloop.codec.call import CallCodec
 from offloop.codec.framing import FrameDecoder
+from offloop.codec.header import is_header_frame
+from offloop.context import outgoing_headers
 from offloop.errors import BrokenError, ClosedError, DeadlineExceeded, RemoteProtocolError
 from offloop.idl import MethodInfo
 from offloop.runtime.limiter import Limiter
@@ -100,19 +117,27 @@ class ThriftConnection(asyncio.Protocol):
         "_peer",
         "_pending",
         "_port",
+        "_probe",
         "_state",
         "_transport",
         "_wbuf",
         "_wseqids",
+        "probe_definite",
     )
 
-    def __init__(self, host: str, port: int, config: ClientConfig) -> None:
+    def __init__(self, host: str, port: int, config: ClientConfig, *, header: bool = False) -> None:
         self._host = host
         self._port = port
         self._peer = f"{host}:{port}"
         self._config = config
-        self._calls = CallCodec(config.protocol, config.max_frame_size, self._peer, config.decode)
+        self._calls = CallCodec(
+            config.protocol, config.max_frame_size, self._peer, config.decode, header=header
+        )
         self._decoder = FrameDecoder(config.max_frame_size)
+        # While a transport probe waits for its answer: whether it came as a header frame.
+        self._probe: asyncio.Future[bool] | None = None
+        #: Whether the probe's answer may be remembered for the backend (not a timeout).
+        self.probe_definite = True
         # Calls sent and not answered, plus callers waiting for the write buffer to drain.
         self._limiter = Limiter(config.max_in_flight, name=f"calls in flight to {self._peer}")
         self._loop = asyncio.get_running_loop()
@@ -133,7 +158,13 @@ class ThriftConnection(asyncio.Protocol):
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, config: ClientConfig, *, network: Network = TCP
+        cls,
+        host: str,
+        port: int,
+        config: ClientConfig,
+        *,
+        network: Network = TCP,
+        header: bool | None = None,
     ) -> ThriftConnection:
         """Open a connection to ``host:port``.
 
@@ -142,18 +173,64 @@ class ThriftConnection(asyncio.Protocol):
             port: the server's TCP port.
             config: how the connection behaves.
             network: how to connect (TCP by default; an in-memory pair in tests).
+            header: THeader (True) or framed (False), as learnt earlier for this backend;
+                None: as ``config.transport`` says (``auto``: probe).
 
         Raises:
             NotSentConnectError: the connection was refused, or not made within
                 ``config.connect_timeout`` seconds.
         """
-        conn = cls(host, port, config)
+        if header is None and config.transport != "auto":
+            header = config.transport == "header"
+        conn = await cls._dial(host, port, config, network, header is not False)
+        if header is not None:
+            return conn
+        if await conn._probe_header():
+            return conn
+        definite = conn.probe_definite
+        await conn.close()
+        logger.info(
+            "%s does not speak THeader (%s): calls to it are plain framed",
+            conn.peer,
+            "it did not answer the probe in time" if not definite else "probe answered so",
+        )
+        conn = await cls._dial(host, port, config, network, False)
+        conn.probe_definite = definite
+        return conn
+
+    @classmethod
+    async def _dial(
+        cls, host: str, port: int, config: ClientConfig, network: Network, header: bool
+    ) -> ThriftConnection:
+        conn = cls(host, port, config, header=header)
         try:
             async with asyncio.timeout(config.connect_timeout):
                 await network.connect(lambda: conn, host, port)
         except OSError as exc:  # TimeoutError included
             raise connect_error(conn.peer, exc, config.connect_timeout) from exc
         return conn
+
+    async def _probe_header(self) -> bool:
+        """Send the transport probe and wait for its answer (see the module docstring)."""
+        transport = self._transport
+        if transport is None or not self._open:
+            return False
+        probe: asyncio.Future[bool] = self._loop.create_future()
+        self._probe = probe
+        try:
+            transport.write(self._calls.encode_probe())
+            async with asyncio.timeout(self._config.connect_timeout):
+                return await asyncio.shield(probe)
+        except TimeoutError:
+            self.probe_definite = False
+            return False
+        finally:
+            self._probe = None
+
+    @property
+    def header(self) -> bool:
+        """Whether calls go out as THeader frames (else plain framed)."""
+        return self._calls.header
 
     # -- what callers and balancers look at ------------------------------------------------
 
@@ -177,6 +254,14 @@ class ThriftConnection(asyncio.Protocol):
         """Whether a call made now could be sent (open, and not known to be closing)."""
         transport = self._transport
         return self._open and transport is not None and not transport.is_closing()
+
+    def load(self) -> int:
+        """:attr:`in_flight` if the connection :attr:`is_usable`, else -1: what a pool
+        compares its connections by, in one call per connection."""
+        transport = self._transport
+        if self._open and transport is not None and not transport.is_closing():
+            return self._limiter.borrowed
+        return -1
 
     def __repr__(self) -> str:
         return f"<ThriftConnection {self._peer} {self._state.value} in_flight={self.in_flight}>"
@@ -234,8 +319,10 @@ class ThriftConnection(asyncio.Protocol):
         if self._paused:
             await self._wait_writable(method, deadline)
         pending = self._pending
-        seqid = self._calls.next_seqid(pending)
-        frame = self._calls.encode_call(method, seqid, args)
+        calls = self._calls
+        seqid = calls.next_seqid(pending)
+        headers = outgoing_headers(timeout, time.monotonic()) if calls.header else None
+        frame = calls.encode_call(method, seqid, args, headers)
         transport = self._transport
         assert transport is not None  # _open implies connected
         if transport.is_closing():
@@ -265,6 +352,7 @@ class ThriftConnection(asyncio.Protocol):
             # Still there only if we were cancelled: free the seqid; a late reply is dropped.
             if pending.get(seqid) is entry:
                 del pending[seqid]
+                self._send_cancel(seqid)
 
     def _expire(self, seqid: int, fut: asyncio.Future[Any], timeout: float | None) -> None:
         if fut.done():
@@ -274,9 +362,26 @@ class ThriftConnection(asyncio.Protocol):
         if entry is not None and entry[0] is fut:
             name = entry[1].name
             del self._pending[seqid]
+            self._send_cancel(seqid)
         fut.set_exception(
             DeadlineExceeded(f"call of {name} to {self._peer}: no reply within {timeout}s")
         )
+
+    def _send_cancel(self, seqid: int) -> None:
+        """Issue 13: tell the server that the call ``seqid`` was given up (cancelled or timed
+        out), so that it does not run it, or stops it. Only on a header connection (a framed
+        server cannot be told, and Apache's would take the message for a call of an unknown
+        method); queued like a call's frame, never blocking and never raising."""
+        if not self._open or not self._calls.header:
+            return
+        try:
+            frame = self._calls.encode_cancel(seqid)
+        except Exception as exc:  # not expected: the caller must not hear of it either way
+            logger.debug("%s: cannot encode the cancel of seqid %d: %s", self._peer, seqid, exc)
+            return
+        if not self._wbuf:
+            self._loop.call_soon(self._flush)
+        self._wbuf.append(frame)
 
     async def _wait_writable(self, method: MethodInfo, deadline: float | None) -> None:
         loop = self._loop
@@ -366,6 +471,8 @@ class ThriftConnection(asyncio.Protocol):
             not_sent_cls: what calls not yet written raise.
             abort: whether to abort the transport (not when it is already gone).
         """
+        if self._probe is not None and not self._probe.done():
+            self._probe.set_result(False)
         if self._state is not ConnectionState.OPEN:
             return
         self._state = ConnectionState.BROKEN
@@ -466,6 +573,11 @@ class ThriftConnection(asyncio.Protocol):
             self._lose(f"broken: the peer sent garbage ({exc})", exc)
 
     def _on_frame(self, frame: bytes) -> None:
+        probe = self._probe
+        if probe is not None:
+            if not probe.done():
+                probe.set_result(is_header_frame(frame))
+            return
         reply = self._calls.read_reply(frame)  # RemoteProtocolError: the connection goes
         entry = self._pending.pop(reply.seqid, None)
         if entry is None:

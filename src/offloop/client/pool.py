@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import Any
 
-from offloop.client.config import ClientConfig
+from offloop.client.config import REPROBE_FRAMED_AFTER, ClientConfig
 from offloop.client.connection import ThriftConnection
 from offloop.client.errors import (
     BACKEND_UNAVAILABLE,
@@ -88,6 +90,19 @@ class ConnectionPool:
         )
         self._grow_after = 0.0  # loop time before which no background connect starts
         self._closed = False
+        # Whether a connect ever succeeded: before that, a failed connect is logged at DEBUG
+        # only (the gateway logs one line per unreachable backend at start, naming its
+        # service; a caller gets the error itself), after it at WARNING.
+        self._ever_connected = False
+        # THeader or framed, once a connection's probe has told (transport "auto"); then
+        # later connections skip the probe.
+        self._header: bool | None = None
+        # When a framed answer is asked again (items 17, 19).
+        self._reprobe_at = math.inf
+        # Calls inside call(): in flight on a connection, or waiting for one. Kept as a count
+        # because balancers read it several times per call (summing the connections would
+        # cost a loop each time).
+        self._calls = 0
 
     # -- what balancers look at ------------------------------------------------------------
 
@@ -103,8 +118,8 @@ class ConnectionPool:
 
     @property
     def in_flight(self) -> int:
-        """Calls in flight on every connection, plus callers waiting for a connect."""
-        return sum(conn.in_flight for conn in self._conns) + self._waiting.borrowed
+        """Calls in flight on the pool's connections, plus callers waiting for a connect."""
+        return self._calls
 
     @property
     def connections(self) -> int:
@@ -160,10 +175,14 @@ class ConnectionPool:
             raise NotSentClosedError(
                 f"pool for {self._peer} is closed", public_message=BACKEND_UNAVAILABLE
             )
-        conn = self._pick()
-        if conn is not None:
-            return await conn.call(method, args, timeout=timeout)
-        return await self._call_after_connect(method, args, timeout)
+        self._calls += 1
+        try:
+            conn = self._pick()
+            if conn is not None:
+                return await conn.call(method, args, timeout=timeout)
+            return await self._call_after_connect(method, args, timeout)
+        finally:
+            self._calls -= 1
 
     def _prune(self) -> None:
         if not all(conn.is_usable for conn in self._conns):
@@ -179,12 +198,13 @@ class ConnectionPool:
         best_n = 0
         stale = False
         for conn in self._conns:
-            if conn.is_usable:
-                n = conn.in_flight
-                if best is None or n < best_n:
-                    best, best_n = conn, n
-            else:
+            n = conn.load()
+            if n < 0:
                 stale = True
+            elif best is None or n < best_n:
+                best, best_n = conn, n
+                if not n:
+                    break  # an idle connection: none is better (stale ones go next time)
         if stale:
             self._conns = [conn for conn in self._conns if conn.is_usable]
         if best_n and not self._connecting and self._may_grow():
@@ -269,20 +289,28 @@ class ConnectionPool:
     async def _connect(self) -> None:
         """Open one connection and add it to the pool; a failure is recorded for the callers
         waiting, and logged once."""
+        if self._header is False and time.monotonic() >= self._reprobe_at:
+            self._header = None  # item 19: a framed answer is asked again, rarely
         try:
             conn = await ThriftConnection.connect(
-                self._host, self._port, self._config, network=self._network
+                self._host, self._port, self._config, network=self._network, header=self._header
             )
         except NotSentConnectError as exc:
             self._connect_error = exc
             if not self._closed:
                 self._grow_after = asyncio.get_running_loop().time() + _GROW_RETRY_DELAY
-                logger.warning("pool for %s: %s", self._peer, exc)
+                level = logging.WARNING if self._ever_connected else logging.DEBUG
+                logger.log(level, "pool for %s: %s", self._peer, exc)
             return
         if self._closed:
             await conn.close()
             return
+        self._ever_connected = True
         self._connect_error = None
+        if self._header is None and conn.probe_definite:
+            self._header = conn.header
+            if not conn.header:
+                self._reprobe_at = time.monotonic() + REPROBE_FRAMED_AFTER
         self._conns.append(conn)
 
     def _connect_done(self, task: asyncio.Task[None]) -> None:

@@ -111,6 +111,9 @@ def demo_worker(demo: DemoConfig, *, grace: float = 10.0) -> WorkerConfig:
         service=DEMO_SERVICE,
         handler=DEMO_HANDLER,
         grace=grace,
+        # One machine, no load balancer to take the worker out of rotation first: stopping
+        # `offloop up` need not wait for endpoints to propagate.
+        drain_delay=0.0,
         listen=ListenConfig(host=DEMO_HOST, port=demo.worker_port, backlog=1024),
         pool=PoolConfig(kind="process", workers=demo.workers),
     )

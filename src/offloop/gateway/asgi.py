@@ -4,21 +4,27 @@ Reads the body with the ``max_body`` limit enforced while reading (a declared
 ``Content-Length`` over it is refused before any body is read), runs the core, and cancels
 the call when the client disconnects, which frees its slot in the gateway and its backend.
 Lifespan events start and stop the core; when mounted in an app that does not forward them,
-the core starts on the first request. Every response is the core's, in its JSON error format
-for errors, even should the core fail. Limits on connections and request heads are the
-server's: :mod:`offloop.gateway.uvicorn_protocol` sets them for uvicorn.
+the core starts on the first request, and stops only if the host enters
+:meth:`ASGIApp.lifespan` (a Starlette ``lifespan=``). The path is taken relative to the
+``root_path`` of the scope (a mount point), or else to the gateway's ``front.root_path``.
+Every response is the core's, in its JSON error format for errors, even should the core fail.
+Limits on connections and request heads are the server's:
+:mod:`offloop.gateway.uvicorn_protocol` sets them for uvicorn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, MutableMapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from offloop.gateway.core import Gateway, Request, Response
+from offloop.gateway.core import Gateway, Request, Response, strip_root
 
 __all__ = ["ASGIApp"]
+
+log = logging.getLogger("offloop.gateway")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,6 +46,25 @@ class ASGIApp:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._started_lazily = False
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Start the gateway; on exit, drain its calls in flight and close its connections.
+
+        A host application does not forward its lifespan events to an app it mounts
+        (Starlette's ``Mount`` does not), so a mounted gateway would start on its first
+        request and never stop. Give this to the host, ``Starlette(lifespan=api.lifespan)``,
+        or enter it from the host's own: ``async with api.lifespan(): yield``.
+
+        Args:
+            app: the host application (a lifespan's argument); not used.
+        """
+        await self.gateway.startup()
+        try:
+            yield
+        finally:
+            await self.gateway.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -91,11 +116,18 @@ class ASGIApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway
         if not gateway.started:
+            if not self._started_lazily:
+                self._started_lazily = True
+                log.warning(
+                    "the gateway starts on its first request: no lifespan event reached it (a "
+                    "host app does not forward them to an app it mounts), so it stops only if "
+                    "gateway.shutdown() is called; give the host lifespan=ASGIApp.lifespan"
+                )
             await gateway.startup()
-        path: str = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :] or "/"
+        # A host app's mount point (or an ASGI server's --root-path), else the gateway's own
+        # front.root_path; the path keeps it by the ASGI spec, and loses it here.
+        root: str = scope.get("root_path") or gateway.config.front.root_path
+        path = strip_root(scope["path"], root)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         declared = headers.get("content-length", "")
         too_large = gateway.body_too_large(int(declared)) if declared.isdigit() else None
@@ -109,7 +141,10 @@ class ASGIApp:
             return
         except _Disconnected:
             return  # nobody to answer
-        request = Request(scope["method"], path, headers, body)
+        client = scope.get("client")
+        request = Request(
+            scope["method"], path, headers, body, client[0] if client else "", root_path=root
+        )
         if not path.startswith("/rpc/"):
             await _send(send, await self._answer(request))
             return

@@ -61,6 +61,10 @@ class Phase(enum.Enum):
     BODY = "body"
     BUSY = "busy"
 
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's
+    # own __hash__ is Python code, and phases are dict keys moved twice per request).
+    __hash__ = object.__hash__
+
 
 K = TypeVar("K")
 

@@ -12,7 +12,12 @@ Routes:
   or ``202`` for a oneway method.
 - ``GET /healthz`` (liveness, answered on the loop), ``GET /readyz`` (200 while every service
   has a reachable backend), ``GET /metrics`` (Prometheus), ``GET /openapi.json``,
-  ``GET /docs`` (an interactive page; its assets are served here, no CDN).
+  ``GET /docs`` (an interactive page; its assets are served here, no CDN), ``GET /`` (a
+  redirect to it), ``GET /favicon.ico``.
+
+Under a path prefix (a mount point: ``Request.root_path``; behind a proxy:
+``front.root_path``) the docs page works as it is, since it names every URL relative to
+itself; the prefix goes into the OpenAPI document's ``servers`` entry and the redirects.
 
 Errors are ``{"error": {"code", "message", ...}}`` with the status of the table in
 ``docs/gateway.md``. What a client sees is the error's public message; the log gets the rest.
@@ -25,7 +30,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -34,16 +39,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from offloop.client.caller import AT_LIMIT, Caller, shedding
 from offloop.codec.jsonmap import JsonMappingError, args_from_json, parse_json, result_to_json
+from offloop.context import REQUEST_ID, new_request_id, valid_request_id
 from offloop.errors import (
     LocalProtocolError,
     OffloopError,
     PayloadTooLarge,
     RemoteApplicationError,
 )
+from offloop.gateway.auth import document_security
 from offloop.gateway.config import GatewayConfig
+from offloop.gateway.door import Door
 from offloop.gateway.metrics import GatewayMetrics
-from offloop.gateway.openapi import build_openapi
+from offloop.gateway.openapi import build_openapi, with_root_path
 from offloop.gateway.statuses import status_for
+from offloop.identity import CALLER
 from offloop.idl import MethodInfo, ServiceInfo
 from offloop.logs import log_access
 from offloop.runtime.limiter import Limiter
@@ -54,7 +63,14 @@ __all__ = ["Gateway", "Request", "Response"]
 log = logging.getLogger("offloop.gateway")
 
 _JSON = "application/json"
-_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+_STATIC_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".svg": "image/svg+xml",
+}
+# Root paths (of mounts: each host app has a few) whose OpenAPI document is kept made.
+_MAX_ROOTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +82,27 @@ class Request:
         path: the URL path, without the query string.
         headers: header names in lower case.
         body: the whole body (the adapter enforces ``max_body`` while reading it).
+        client: the client's address (host), when the adapter knows it.
+        root_path: the prefix the gateway is reached under (an ASGI ``root_path``: a mount
+            point), already stripped from ``path``; ``None`` for ``front.root_path``.
     """
 
     method: str
     path: str
     headers: Mapping[str, str]
     body: bytes = b""
+    client: str = ""
+    root_path: str | None = None
+
+
+def strip_root(path: str, root: str) -> str:
+    """``path`` without the prefix ``root`` (``/api/docs`` -> ``/docs``), if it starts with
+    that prefix as a whole segment; else ``path`` as it is."""
+    if root and path.startswith(root):
+        rest = path[len(root) :]
+        if not rest or rest[0] == "/":
+            return rest or "/"
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +142,25 @@ def error_response(
     return json_response(status, {"error": {"code": status, "message": message, **extra}}, headers)
 
 
+#: How every error body opens (compact, or as ``json.dumps`` writes it by default).
+_ERROR_OPENINGS = (b'{"error":{', b'{"error": {')
+
+
+def _with_request_id(response: Response, rid: str) -> Response:
+    """``response`` with an ``X-Request-Id`` header, and ``request_id`` first in its error
+    body if it has one (a copy: responses may be shared, like the one for shedding). The id
+    holds no character JSON escapes (:func:`~offloop.context.valid_request_id`), so it is
+    spliced in as it is."""
+    body = response.body
+    if response.status >= 400:
+        for opening in _ERROR_OPENINGS:
+            if body.startswith(opening):
+                field = b'"request_id":"' + rid.encode() + b'",'
+                body = opening + field + body[len(opening) :]
+                break
+    return Response(response.status, body, [*response.headers, ("x-request-id", rid)])
+
+
 class Gateway:
     """Serves the routes of the module docstring for the services of ``services``.
 
@@ -126,19 +176,25 @@ class Gateway:
         self.config = config
         self.services = dict(services)
         self.caller = caller
+        #: Called at the end of :meth:`shutdown`, after the caller is closed: what the
+        #: gateway's builder made for the caller and must stop (item 20: the backends' TLS
+        #: watcher thread).
+        self.closers: list[Callable[[], None]] = []
         self.metrics = GatewayMetrics(caller.backend_states)
         self.watchdog: LoopWatchdog | None = None
         if config.watchdog.enabled:
             self.watchdog = LoopWatchdog(config.watchdog, registry=self.metrics.registry)
-        self._openapi = json.dumps(
-            build_openapi(
-                list(self.services.values()),
-                title=config.api_title or None,
-                version=config.api_version,
-                exception_status=config.exception_status,
-            )
-        ).encode()
+        self._openapi_doc = build_openapi(
+            list(self.services.values()),
+            title=config.api_title or None,
+            version=config.api_version,
+            exception_status=config.exception_status,
+            root_path=config.front.root_path,
+        )
+        document_security(self._openapi_doc, config.auth)  # how to send a credential
+        self._openapi = {config.front.root_path: json.dumps(self._openapi_doc).encode()}
         self._assets = _load_assets()
+        self._door = Door(config, Response)  # CORS, authentication, limits per caller
         self._calls = Limiter(config.front.max_inflight, name="gateway calls in flight")
         # While every backend is at its learned limit, a call is refused before its body is
         # parsed, with one response made here (offloop.client.caller.Shedding).
@@ -149,6 +205,8 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        #: Set at SIGTERM: /readyz fails while calls are still served (the drain delay).
+        self.draining = False
         self._startup: asyncio.Task[None] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
@@ -182,6 +240,9 @@ class Gateway:
         await self.caller.close()
         if self.watchdog is not None:
             self.watchdog.stop()
+        for close in self.closers:
+            close()
+        self.closers.clear()
 
     @property
     def started(self) -> bool:
@@ -222,22 +283,45 @@ class Gateway:
     # -- routing -------------------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request. Never raises (but for cancellation)."""
+        """Answer one request. Never raises (but for cancellation).
+
+        The request's id (its ``X-Request-Id`` if :func:`~offloop.context.valid_request_id`
+        accepts it, else a new one) is :data:`~offloop.context.REQUEST_ID` while it is
+        served, so it goes to the worker and into every log line about it; it comes back in
+        the response's ``X-Request-Id`` and as ``request_id`` in an error body.
+        """
         started = time.perf_counter()
+        rid = valid_request_id(request.headers.get("x-request-id")) or new_request_id()
+        token = REQUEST_ID.set(rid)
         try:
-            route, response = await self._route(request)
+            if self._door.active:
+                route, response, caller = await self._door.serve(request, self._route)
+            else:  # no authentication, caller limits or CORS: one await less per request
+                route, response = await self._route(request)
+                caller = None
         except Exception as exc:  # a bug of ours: still a JSON answer, counted like any other
-            route, response = "unknown", self.error(exc)
+            route, response, caller = "unknown", self.error(exc), None
+        finally:
+            REQUEST_ID.reset(token)
         took = time.perf_counter() - started
         self.metrics.observe(route, response.status, took)
-        log_access(request.method, request.path, response.status, took * 1000)
-        return response
+        who = None if caller is None else str(caller)
+        log_access(
+            request.method, request.path, response.status, took * 1000, caller=who, request_id=rid
+        )
+        return _with_request_id(response, rid)
 
     def refuse_method(self, request: Request) -> Response:
         """The answer to a request whose method the HTTP server would not route to the core
         (Tornado routes seven): 405 with ``Allow`` where a route is, 404 where none is.
         Counted like any request."""
         started = time.perf_counter()
+        if self.config.auth.enabled:
+            # Item 11: no credential is checked here (the answer is made synchronously), so
+            # with authentication on it is the same for every path: 404 against 405 would
+            # tell an anonymous client which methods exist.
+            self.metrics.observe("unknown", 405, time.perf_counter() - started)
+            return self._not_allowed(request, "GET, HEAD, POST")
         route, target = self._lookup(request)
         response = target if isinstance(target, Response) else self._not_allowed(request, "POST")
         self.metrics.observe(route, response.status, time.perf_counter() - started)
@@ -269,19 +353,25 @@ class Gateway:
         if path.startswith("/docs/"):
             if request.method not in ("GET", "HEAD"):
                 return "/docs", self._not_allowed(request, "GET")
+            if path == "/docs/":
+                return "/docs", self._to_docs(request)
             return "/docs", self._static(path[6:])
         getter = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
             "/metrics": self._metrics,
-            "/openapi.json": self._openapi_json,
             "/docs": self._docs,
+            "/favicon.ico": self._favicon,
         }.get(path)
-        if getter is None:
+        if getter is None and path not in ("/", "/openapi.json"):
             return "unknown", error_response(404, f"no route for {path}")
         if request.method not in ("GET", "HEAD"):
             return path, self._not_allowed(request, "GET")
-        return path, getter()
+        if getter is not None:
+            return path, getter()
+        if path == "/":
+            return path, self._to_docs(request)
+        return path, self._openapi_json(request)
 
     @staticmethod
     def _not_allowed(request: Request, allowed: str) -> Response:
@@ -295,12 +385,23 @@ class Gateway:
         return Response(200, b'{"status":"ok"}', [("content-type", _JSON)])
 
     def _readyz(self) -> Response:
+        ready = self.caller.ready() and not (self._closing or self.draining)
+        if self.config.auth.enabled and CALLER.get() is None:
+            # Item 10: open to probes, but the backends' addresses only to a caller who
+            # authenticated (or with authentication off).
+            return json_response(200 if ready else 503, {"ready": ready})
         states = self.caller.backend_states()
-        ready = self.caller.ready() and not self._closing
         body = {
             "ready": ready,
             "backends": [
-                {"service": s.service, "address": s.address, "up": s.up, "in_flight": s.in_flight}
+                {
+                    "service": s.service,
+                    "address": s.address,
+                    "up": s.up,
+                    "in_flight": s.in_flight,
+                    "source": s.source,
+                    "state": s.state,
+                }
                 for s in states
             ],
         }
@@ -311,11 +412,29 @@ class Gateway:
             200, generate_latest(self.metrics.registry), [("content-type", CONTENT_TYPE_LATEST)]
         )
 
-    def _openapi_json(self) -> Response:
-        return Response(200, self._openapi, [("content-type", _JSON)])
+    def _root(self, request: Request) -> str:
+        return self.config.front.root_path if request.root_path is None else request.root_path
+
+    def _openapi_json(self, request: Request) -> Response:
+        """The document, its ``servers`` entry at the request's root path."""
+        root = self._root(request)
+        body = self._openapi.get(root)
+        if body is None:
+            body = json.dumps(with_root_path(self._openapi_doc, root)).encode()
+            if len(self._openapi) < _MAX_ROOTS:
+                self._openapi[root] = body
+        return Response(200, body, [("content-type", _JSON)])
 
     def _docs(self) -> Response:
         return self._static("index.html")
+
+    def _to_docs(self, request: Request) -> Response:
+        """``GET /`` (and ``/docs/``): a redirect to the docs page, under the root path."""
+        location = self._root(request) + "/docs"
+        return Response(307, b"", [("location", location)])
+
+    def _favicon(self) -> Response:
+        return self._static("favicon.svg")
 
     def _static(self, name: str) -> Response:
         response = self._assets.get(name)

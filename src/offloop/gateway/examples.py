@@ -23,6 +23,7 @@ from offloop.codec.jsonmap import (
     value_from_json,
     value_to_json,
 )
+from offloop.idl_requiredness import required_arguments
 
 __all__ = ["ExampleMaker", "NoExample"]
 
@@ -50,12 +51,17 @@ class ExampleMaker:
         self.unions = unions
         self._budget = 0
 
-    def example_fields(self, cls: Any) -> dict[str, Any] | None:
-        """An example object of a struct's (or an ``_args`` struct's) fields, or ``None``
-        when none can be made (a required field recurses forever)."""
+    def example_fields(self, cls: Any, *, arguments: bool = False) -> dict[str, Any] | None:
+        """An example object of a struct's (or, with ``arguments``, an ``_args`` struct's)
+        fields, or ``None`` when none can be made (a required field recurses forever).
+
+        An argument is required unless the IDL marks it ``optional`` or gives it a default
+        (:func:`offloop.idl_requiredness.required_arguments`), as the JSON mapping says.
+        """
         self._budget = _EXAMPLE_VALUES
+        must = frozenset(required_arguments(cls)) if arguments else None
         try:
-            return self._struct_example(cls, ())
+            return self._struct_example(cls, (), must)
         except NoExample:
             return None
 
@@ -68,14 +74,17 @@ class ExampleMaker:
         self._budget = _EXAMPLE_VALUES
         return self._example(ttype, spec, name, ())
 
-    def _struct_example(self, cls: Any, path: tuple[Any, ...]) -> dict[str, Any]:
+    def _struct_example(
+        self, cls: Any, path: tuple[Any, ...], must: frozenset[str] | None = None
+    ) -> dict[str, Any]:
         if cls in path or len(path) >= _EXAMPLE_DEPTH:
             raise NoExample(cls.__name__)
         path = (*path, cls)
         defaults = dict(getattr(cls, "default_spec", ()))
         out: dict[str, Any] = {}
         for field in cls.thrift_spec.values():
-            name, required = field[1], field[-1] is True
+            name = field[1]
+            required = field[-1] is True if must is None else name in must
             if not required and (self._budget <= 0 or (cls in self.unions and out)):
                 continue
             ttype, spec = split_field_spec(field)

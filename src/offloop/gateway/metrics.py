@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from offloop.client.caller import BackendState
 
-__all__ = ["LATENCY_BUCKETS", "GatewayMetrics"]
+__all__ = ["BACKEND_STATES", "LATENCY_BUCKETS", "GatewayMetrics"]
+
+#: The states of a backend (:mod:`offloop.client.balancer`), one series each.
+BACKEND_STATES = ("up", "down", "draining")
 
 #: From 0.5 ms (a /healthz on an idle loop) to 60 s (past the default 30 s deadline).
 LATENCY_BUCKETS = (
@@ -46,20 +54,8 @@ class GatewayMetrics:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter(
-            "offloop_gateway_requests",
-            "HTTP requests answered, by route and status.",
-            ["route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "offloop_gateway_request_seconds",
-            "Time to answer an HTTP request, by route.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._requests = _RequestCollector()
+        self.registry.register(self._requests)
         self._gateway_inflight: Callable[[], int] = lambda: 0
         self.registry.register(_BackendCollector(backends, lambda: self._gateway_inflight()))
 
@@ -68,16 +64,60 @@ class GatewayMetrics:
         self._gateway_inflight = fn
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        """Count one answered request."""
-        # Label look-ups cost more than the increments; the children are cached per label
-        # set. Routes are bounded (one per IDL method plus a few), and so are statuses.
+        """Count one answered request (on the gateway's loop)."""
+        self._requests.observe(route, status, seconds)
+
+
+class _RequestCollector(Collector):
+    """``offloop_gateway_requests_total{route,status}`` and the histogram
+    ``offloop_gateway_request_seconds{route}``, kept as plain numbers.
+
+    prometheus_client's Counter and Histogram take a lock per update (three per request);
+    these are only updated on the gateway's loop, and read by a scrape served on that loop
+    too, so no lock is needed. Routes are bounded (one per IDL method plus a few), and so
+    are statuses.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], int] = {}
+        # route -> [count per bucket (the last one past every bound), sum of seconds]
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+        latency[0][bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[1][0] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "offloop_gateway_requests",
+            "HTTP requests answered, by route and status.",
+            labels=["route", "status"],
+        )
+        for (route, status), count in list(self._counts.items()):
+            requests.add_metric([route, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "offloop_gateway_request_seconds",
+            "Time to answer an HTTP request, by route.",
+            labels=["route"],
+        )
+        for route, (buckets, total) in list(self._latency.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+                running += count
+                cumulative.append((_bound(bound), float(running)))
+            latency.add_metric([route], cumulative, sum_value=total[0])
+        yield latency
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
 
 
 class _BackendCollector(Collector):
@@ -103,8 +143,19 @@ class _BackendCollector(Collector):
             "Calls in flight to a backend.",
             labels=["service", "backend"],
         )
+        state = GaugeMetricFamily(
+            "offloop_gateway_backend_state",
+            "1 for a backend's state (up, down or draining), 0 for the others; source is "
+            "'static' or the DNS target that found it.",
+            labels=["service", "backend", "source", "state"],
+        )
         for s in self._backends():
             up.add_metric([s.service, s.address], 1.0 if s.up else 0.0)
             busy.add_metric([s.service, s.address], s.in_flight)
+            for name in BACKEND_STATES:
+                state.add_metric(
+                    [s.service, s.address, s.source, name], 1.0 if s.state == name else 0.0
+                )
         yield up
         yield busy
+        yield state

@@ -5,7 +5,8 @@ an object of named arguments; the reply is ``{"result": ...}`` (``null`` for ``v
 ``202 {"result": null}`` for ``oneway`` methods. Errors share one body,
 ``components/schemas/Error``::
 
-    {"error": {"code": 400, "message": "...", "type": "...", "fields": {...}, "path": "..."}}
+    {"error": {"request_id": "...", "code": 400, "message": "...", "type": "...",
+               "fields": {...}, "path": "..."}}
 
 A declared Thrift exception answers ``422`` (or the status ``exception_status`` gives its type)
 with ``error.type`` set to the exception's Thrift name and ``error.fields`` to its JSON object;
@@ -15,7 +16,16 @@ Structs, exceptions and enums reached from a service are named schemas under
 ``components/schemas``, by their Thrift name (qualified by their IDL's name where two IDLs
 declare the same name), referenced with ``$ref``; recursive structs need nothing more. The
 schemas follow :mod:`offloop.codec.jsonmap` exactly, and use its helpers to classify types,
-so that what the gateway emits validates against what this document says.
+so that what the gateway emits validates against what this document says, and what it accepts
+is what this document allows (but for an enum: its schema is its names, one type, which
+generated clients make one enum class of, while the mapping also takes its integer):
+a request body's ``required`` list holds every argument the IDL neither marks ``optional``
+nor gives a default (:mod:`offloop.idl_requiredness`), a struct's the fields the IDL marks
+``required``; no schema of an argument or field allows ``null``,
+which the mapping refuses; integer strings (``i64``, integer map keys) have a pattern that
+holds their range exactly.
+The document's ``servers`` entry is the root path the gateway is reached under (``/`` unless
+mounted or behind a proxy: :func:`with_root_path`).
 
 The IDL's doc comments (:mod:`offloop.idl_docs`) become descriptions: a service's of its tag,
 a method's of its operation, an argument's or a field's of its property, a struct's,
@@ -47,8 +57,15 @@ from offloop.codec.jsonmap import (
 from offloop.gateway.examples import ExampleMaker, NoExample
 from offloop.idl import MethodInfo, ServiceInfo, included_modules
 from offloop.idl_docs import IdlDocs
+from offloop.idl_requiredness import required_arguments
 
-__all__ = ["DEFAULT_API_VERSION", "DEFAULT_EXCEPTION_STATUS", "build_openapi", "default_title"]
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "DEFAULT_EXCEPTION_STATUS",
+    "build_openapi",
+    "default_title",
+    "with_root_path",
+]
 
 DEFAULT_EXCEPTION_STATUS: Final = 422
 """The status of a declared Thrift exception: the request was understood, and refused."""
@@ -62,7 +79,6 @@ _JSON: Final = "application/json"
 _ERROR: Final = "Error"
 _SCHEMAS: Final = "#/components/schemas/"
 _RESPONSES: Final = "#/components/responses/"
-_DECIMAL_PATTERN: Final = "^-?[0-9]+$"
 # Exactly what base64.b64decode(..., validate=True) accepts: the standard alphabet, padded.
 _BASE64_PATTERN: Final = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _MODULE_SUFFIX: Final = re.compile(r"(?:_[0-9a-f]{8})?_thrift$")
@@ -78,7 +94,8 @@ _STANDARD_ERRORS: Final[dict[int, tuple[str, str]]] = {
     400: (
         "BadRequest",
         "The body is not JSON (bare NaN or Infinity, a duplicate key and nesting too deep "
-        "count as not JSON), or the arguments do not fit the IDL; `error.path` says where "
+        "count as not JSON), or the arguments do not fit the IDL (one required is left out, "
+        "a value is `null` or of the wrong type); `error.path` says where "
         "(e.g. `argument.xtructs[2].i32_thing`).",
     ),
     404: ("NotFound", "No such service or method."),
@@ -96,8 +113,9 @@ _STANDARD_ERRORS: Final[dict[int, tuple[str, str]]] = {
     500: ("InternalServerError", "The gateway failed unexpectedly (a bug: see its log)."),
     502: (
         "BadGateway",
-        "The worker failed: it broke the connection, sent garbage, or answered with a Thrift "
-        "application error.",
+        "The worker failed: it broke the connection, sent garbage, answered with a Thrift "
+        "application error, or sent a reply that breaks the IDL (a `required` field left "
+        "out, named in the message).",
     ),
     503: (
         "ServiceUnavailable",
@@ -107,8 +125,39 @@ _STANDARD_ERRORS: Final[dict[int, tuple[str, str]]] = {
 }
 
 
+def _at_most(limit: int) -> str:
+    """A regular expression (unanchored) of the decimal numbers 0 to ``limit``, leading zeros
+    allowed, digit by digit: shorter numbers, then each digit below the limit's there."""
+    digits = str(limit)
+    count = len(digits)
+    alternatives = [f"[0-9]{{1,{count - 1}}}"] if count > 1 else []
+    for i, digit in enumerate(int(d) for d in digits):
+        if digit:
+            rest = count - i - 1
+            below = "0" if digit == 1 else f"[0-{digit - 1}]"
+            alternatives.append(digits[:i] + below + (f"[0-9]{{{rest}}}" if rest else ""))
+    alternatives.append(digits)
+    return "0*(?:" + "|".join(alternatives) + ")"
+
+
+def _decimal_pattern(ttype: int) -> str:
+    """What the JSON mapping takes as a decimal string of an integer type: its range, exactly
+    (``"99999"`` is no i16), leading zeros and ``-0`` included."""
+    hi = _INT_SCHEMAS[ttype]["maximum"]
+    return f"^(?:{_at_most(hi)}|-{_at_most(hi + 1)})$"
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": _SCHEMAS + name}
+
+
+#: ``error.request_id``: every error body carries it (the gateway adds it to each one).
+_REQUEST_ID_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "description": "The request's id, as in the X-Request-Id response header: the one the "
+    "request sent, if acceptable, else one the gateway made. Its log lines about the request "
+    "end with it.",
+}
 
 
 def _error_schema() -> dict[str, Any]:
@@ -121,6 +170,7 @@ def _error_schema() -> dict[str, Any]:
                 "type": "object",
                 "required": ["code", "message"],
                 "properties": {
+                    "request_id": _REQUEST_ID_SCHEMA,
                     "code": {"type": "integer", "description": "The HTTP status."},
                     "message": {"type": "string", "description": "What went wrong."},
                     "type": {
@@ -152,6 +202,7 @@ def _exception_error_schema(thrift_name: str, component: str) -> dict[str, Any]:
                 "type": "object",
                 "required": ["code", "message", "type", "fields"],
                 "properties": {
+                    "request_id": _REQUEST_ID_SCHEMA,
                     "code": {"type": "integer", "description": "The HTTP status."},
                     "message": {"type": "string"},
                     "type": {"const": thrift_name},
@@ -237,7 +288,7 @@ class _Types:
             return {
                 "oneOf": [
                     dict(_INT_SCHEMAS[ttype]),
-                    {"type": "string", "pattern": _DECIMAL_PATTERN},
+                    {"type": "string", "pattern": _decimal_pattern(ttype)},
                 ]
             }
         if ttype in _INT_SCHEMAS:
@@ -272,7 +323,7 @@ class _Types:
                 return {"type": "array", "items": pair}
             obj: dict[str, Any] = {"type": "object", "additionalProperties": value}
             if form == "integer":
-                obj["propertyNames"] = {"pattern": _DECIMAL_PATTERN}
+                obj["propertyNames"] = {"pattern": _decimal_pattern(ktype)}
             elif form == "enum":
                 names = list(kspec._NAMES_TO_VALUES)
                 obj["propertyNames"] = {
@@ -287,14 +338,21 @@ class _Types:
         *,
         description: str | None = None,
         docs: Mapping[str, str | None] | None = None,
+        arguments: bool = False,
     ) -> dict[str, Any]:
         """An object schema of a struct's (or an ``_args`` struct's) fields.
+
+        ``required`` lists what the JSON mapping requires: a struct's fields the IDL marks
+        ``required``; with ``arguments``, every argument the IDL neither marks ``optional``
+        nor gives a default. No property allows ``null``: the mapping refuses it.
 
         Args:
             cls: the struct class.
             description: the schema's description.
             docs: each field's description, by field name.
+            arguments: ``cls`` is a method's ``_args`` struct.
         """
+        must = frozenset(required_arguments(cls)) if arguments else None
         defaults = dict(getattr(cls, "default_spec", ()))
         properties: dict[str, Any] = {}
         required: list[str] = []
@@ -309,7 +367,7 @@ class _Types:
             if doc:
                 prop = {**prop, "description": doc}
             properties[name] = prop
-            if field[-1] is True:
+            if (field[-1] is True) if must is None else (name in must):
                 required.append(name)
         schema: dict[str, Any] = {"type": "object"}
         if description:
@@ -333,13 +391,17 @@ class _Types:
             ]
             if values:
                 description += "\n\n" + "\n".join(values)
+            # One type, the names: what the gateway answers with, and what a client
+            # generator makes one enum class of (a oneOf of names and integers makes two,
+            # ``StorageType0`` and ``StorageType1``). The gateway still takes the integer:
+            # ``x-enum-values`` gives each name's, for the /docs page and for people.
             return {
                 "title": cls.__name__,
-                "description": description + "\n\nGiven as its name, or its value.",
-                "oneOf": [
-                    {"type": "string", "enum": names},
-                    {"type": "integer", "enum": list(cls._NAMES_TO_VALUES.values())},
-                ],
+                "description": description
+                + "\n\nGiven as its name (the gateway also takes its integer value).",
+                "type": "string",
+                "enum": names,
+                "x-enum-values": [cls._NAMES_TO_VALUES[name] for name in names],
             }
         if _is_exception(cls):
             description = doc or f"The Thrift exception {cls.__name__}."
@@ -353,9 +415,9 @@ class _Types:
 
     # -- examples ------------------------------------------------------------------------
 
-    def example_fields(self, cls: Any) -> dict[str, Any] | None:
+    def example_fields(self, cls: Any, *, arguments: bool = False) -> dict[str, Any] | None:
         """An example object of a struct's fields (see :class:`ExampleMaker`)."""
-        return self._examples.example_fields(cls)
+        return self._examples.example_fields(cls, arguments=arguments)
 
     def example(self, ttype: int, spec: Any, name: str) -> Any:
         """An example value of ``(ttype, spec)``.
@@ -493,9 +555,9 @@ def _method_operation(
     docs = {
         name: types.docs.method(service.service, method.name, name) for name in method.arg_names
     }
-    body = types.fields_schema(method.args_cls, docs=docs)
+    body = types.fields_schema(method.args_cls, docs=docs, arguments=True)
     media: dict[str, Any] = {"schema": body}
-    example = types.example_fields(method.args_cls)
+    example = types.example_fields(method.args_cls, arguments=True)
     if example is not None:
         media["example"] = example
     kind = "oneway method" if method.oneway else "method"
@@ -613,12 +675,19 @@ def _modules(services: Sequence[ServiceInfo]) -> list[ModuleType]:
     return list(modules.values())
 
 
+def with_root_path(document: Mapping[str, Any], root_path: str) -> dict[str, Any]:
+    """``document`` (from :func:`build_openapi`) with its ``servers`` entry at ``root_path``;
+    the rest is shared, not copied."""
+    return {**document, "servers": [{"url": root_path or "/"}]}
+
+
 def build_openapi(
     services: Sequence[ServiceInfo],
     *,
     title: str | None = None,
     version: str | None = None,
     exception_status: Mapping[str, int] | None = None,
+    root_path: str = "",
 ) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document of a gateway in front of ``services``.
 
@@ -634,6 +703,8 @@ def build_openapi(
         exception_status: the HTTP status of a declared exception, by its Thrift name (as
             ``GatewayConfig.exception_status``); others answer 422, and names no service
             declares are ignored.
+        root_path: the prefix the gateway is reached under (``/api``), the URL of the one
+            entry of ``servers``; empty for ``/``. :func:`with_root_path` makes variants.
 
     Returns:
         The document, JSON-ready; it passes ``openapi_spec_validator.validate``.
@@ -687,6 +758,7 @@ def build_openapi(
     return {
         "openapi": _OPENAPI_VERSION,
         "info": {"title": title, "version": version},
+        "servers": [{"url": root_path or "/"}],
         "tags": tags,
         "paths": paths,
         "components": {"schemas": schemas, "responses": responses},

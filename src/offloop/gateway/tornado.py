@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable
 from typing import Any
@@ -32,7 +33,7 @@ import tornado.iostream
 import tornado.web
 
 from offloop.gateway.connections import FrontGuard, Phase
-from offloop.gateway.core import Gateway, Request, Response, error_response
+from offloop.gateway.core import Gateway, Request, Response, error_response, strip_root
 
 __all__ = ["make_application", "make_server"]
 
@@ -205,18 +206,34 @@ class _HeadLimits(tornado.httputil.HTTPMessageDelegate):
             self._delegate.on_connection_close()
 
 
+class _GuardedSSLStream(_GuardedStream, tornado.iostream.SSLIOStream):
+    """A :class:`_GuardedStream` over TLS (HTTPS on the front)."""
+
+
 class _GatewayServer(tornado.httpserver.HTTPServer):
     """An HTTPServer whose connections are held to a :class:`FrontGuard` (set ``guard``)."""
 
     guard: FrontGuard
+    #: The HTTPS context; None for plain HTTP.
+    tls: ssl.SSLContext | None = None
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
-        # The accepted socket, wrapped anew: nothing has been read or written on ``stream``.
-        guarded = _GuardedStream(
-            stream.socket,
+        # The accepted socket, wrapped anew: nothing has been read or written on ``stream``
+        # (over TLS, not even the handshake: it is done on the first read or write).
+        # With HTTPS, the socket is wrapped here rather than by Tornado, whose SSL stream would
+        # already watch the socket for its handshake.
+        sock: socket.socket = stream.socket
+        tls: dict[str, Any] = {}
+        cls = _GuardedStream
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            cls, tls = _GuardedSSLStream, {"ssl_options": self.tls}
+        guarded = cls(
+            sock,
             self.guard,
             max_buffer_size=stream.max_buffer_size,
             read_chunk_size=stream.read_chunk_size,
+            **tls,
         )
         if self.guard.opened(guarded):
             super().handle_stream(guarded, address)
@@ -285,9 +302,11 @@ class _GatewayHandler(tornado.web.RequestHandler):
     def _request(self) -> Request:
         return Request(
             self.request.method or "GET",
-            self.request.path,
+            # Behind a proxy that keeps the prefix (front.root_path), the path loses it here.
+            strip_root(self.request.path, self.gateway.config.front.root_path),
             {k.lower(): v for k, v in self.request.headers.get_all()},
             b"".join(self._chunks),
+            self.request.remote_ip or "",
         )
 
     def _busy(self) -> None:
@@ -345,7 +364,9 @@ def make_application(gateway: Gateway) -> tornado.web.Application:
     )
 
 
-def make_server(gateway: Gateway, guard: FrontGuard) -> tornado.httpserver.HTTPServer:
+def make_server(
+    gateway: Gateway, guard: FrontGuard, *, tls: ssl.SSLContext | None = None
+) -> tornado.httpserver.HTTPServer:
     """An HTTPServer for the gateway, its connections held to ``guard`` (which the caller
     starts and stops).
 
@@ -362,4 +383,5 @@ def make_server(gateway: Gateway, guard: FrontGuard) -> tornado.httpserver.HTTPS
         body_timeout=2 * front.body_timeout,
     )
     server.guard = guard
+    server.tls = tls
     return server

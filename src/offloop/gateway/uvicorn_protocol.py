@@ -60,7 +60,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_body = False
         self._head_fed = 0  # bytes of the current head given to the parser
         self._url_bytes = 0
-        self._fields = 0
         self._chunks = 0
         self._refusal: bytes | None = None
         self._phase = Phase.IDLE
@@ -166,7 +165,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._url_bytes = self._fields = self._chunks = 0
+        self._url_bytes = self._chunks = 0
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
@@ -174,13 +173,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._refuse(414, f"request target over {self._max_url} bytes (max_url_bytes)")
         super().on_url(url)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        if self._fields > self._max_fields:
-            self._refuse(431, f"more than {self._max_fields} header fields (max_header_count)")
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        # Counted once the head is whole, not per field: the head's byte limit already
+        # bounds what the fields cost to parse, and a callback per field costs every request.
+        if len(self.headers) > self._max_fields:
+            self._refuse(431, f"more than {self._max_fields} header fields (max_header_count)")
         self._in_head = False
         self._in_body = True
         super().on_headers_complete()

@@ -80,6 +80,9 @@ class PoolStats:
         admission: the admission limiter (``workers + max_queued`` slots): jobs admitted
             and not yet finished, including those whose caller gave up, the peak, and how
             many were refused. None from a pool that does not report it.
+        completed: jobs that ran to an end since start (their function returned or raised;
+            process pool: or their child died or was killed while running them); not those
+            dropped before they ran. What ``/livez`` judges progress by.
     """
 
     workers: int
@@ -88,6 +91,7 @@ class PoolStats:
     queued: int
     restarts: int
     admission: LimiterStats | None = None
+    completed: int = 0
 
 
 def default_max_queued(workers: int) -> int:

@@ -56,18 +56,22 @@ class Limiter:
         limit: slots in all; at least 1.
         name: what is bounded (``"gateway calls in flight"``), for logs and metrics.
 
+    Attributes:
+        borrowed: slots in use now (read it; only :meth:`try_acquire` and :meth:`release`
+            change it). A plain attribute, not a property: hot paths read it per call.
+
     Raises:
         ValueError: ``limit`` < 1.
     """
 
-    __slots__ = ("_admitted", "_borrowed", "_limit", "_lock", "_peak", "_refused", "name")
+    __slots__ = ("_admitted", "_limit", "_lock", "_peak", "_refused", "borrowed", "name")
 
     def __init__(self, limit: int, *, name: str) -> None:
         if limit < 1:
             raise ValueError(f"{name}: limit must be at least 1, not {limit}")
         self.name = name
         self._limit = limit
-        self._borrowed = 0
+        self.borrowed = 0
         self._peak = 0
         self._admitted = 0
         self._refused = 0
@@ -79,19 +83,14 @@ class Limiter:
         return self._limit
 
     @property
-    def borrowed(self) -> int:
-        """Slots in use now."""
-        return self._borrowed
-
-    @property
     def available(self) -> int:
         """Slots free now."""
-        return self._limit - self._borrowed
+        return self._limit - self.borrowed
 
     @property
     def full(self) -> bool:
         """Whether the next :meth:`try_acquire` would be refused."""
-        return self._borrowed >= self._limit
+        return self.borrowed >= self._limit
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free.
@@ -101,13 +100,13 @@ class Limiter:
             slot is in use (nothing was taken; the refusal is counted).
         """
         with self._lock:
-            if self._borrowed >= self._limit:
+            if self.borrowed >= self._limit:
                 self._refused += 1
                 return False
-            self._borrowed += 1
+            self.borrowed += 1
             self._admitted += 1
-            if self._borrowed > self._peak:
-                self._peak = self._borrowed
+            if self.borrowed > self._peak:
+                self._peak = self.borrowed
             return True
 
     def release(self) -> None:
@@ -117,19 +116,19 @@ class Limiter:
             RuntimeError: no slot is in use (a release without an acquire is a bug).
         """
         with self._lock:
-            if self._borrowed <= 0:
+            if self.borrowed <= 0:
                 raise RuntimeError(f"{self.name}: release() without a matching acquire")
-            self._borrowed -= 1
+            self.borrowed -= 1
 
     def stats(self) -> LimiterStats:
         """A consistent snapshot of the counters."""
         with self._lock:
             return LimiterStats(
-                self.name, self._limit, self._borrowed, self._peak, self._admitted, self._refused
+                self.name, self._limit, self.borrowed, self._peak, self._admitted, self._refused
             )
 
     def __repr__(self) -> str:
-        return f"<Limiter {self.name!r} {self._borrowed}/{self._limit}>"
+        return f"<Limiter {self.name!r} {self.borrowed}/{self._limit}>"
 
     # A held slot as a context manager, for code that acquired with try_acquire():
     #     if not limiter.try_acquire(): raise Overloaded(...)

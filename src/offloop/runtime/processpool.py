@@ -15,8 +15,14 @@ failing every queued job; this pool supervises each child on its own:
   same way; start-up fails only when the job function itself fails to build (the handler does
   not import, or raises), with one line saying why, or when children keep dying before they
   are ready (``start_attempts`` in a row).
-- A job past its deadline is failed with :class:`DeadlineExceeded` and its child is killed
-  (``SIGKILL``) and replaced, so a runaway handler cannot hold a worker for ever.
+- A job past ``call_timeout`` (the worker's own limit) is failed with
+  :class:`DeadlineExceeded` and its child is killed (``SIGKILL``) and replaced, so a runaway
+  handler cannot hold a worker for ever. A job given up *earlier* by its caller (a shorter
+  deadline of the caller's, or a cancellation: issue 13) fails at once too, and its child is
+  killed and replaced only while the *early-kill budget* lasts (``early_kills_per_minute``,
+  a burst of ``workers``): a restart costs the handler's start-up (seconds for a model), so a
+  caller must not be able to buy one per request. Past the budget the job runs on, its result
+  unread, and is killed when it reaches ``call_timeout``. A queued job just leaves the queue.
 - Jobs wait in a FIFO when every child is busy. A :class:`~offloop.runtime.limiter.Limiter`
   of ``workers + max_queued`` slots bounds the jobs admitted; when it is full, a job is
   refused at once. A job gives its slot back exactly once: when its child replies or dies, or
@@ -25,6 +31,8 @@ failing every queued job; this pool supervises each child on its own:
   type name, message and formatted traceback as text (not every exception pickles); the
   child lives on.
 
+Children log as the parent does: same format (text or JSON), the child's name added, and an
+exception that escapes a child logged rather than printed bare (:func:`offloop.logs.run_child`).
 Children ignore ``SIGINT`` (a terminal's Ctrl-C reaches the whole process group; shutdown is
 the parent's decision), run at a lower CPU priority (``nice``), and exit when their socket
 closes or, if they are running a call then, as soon as the parent process is gone, so they
@@ -53,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from offloop.errors import ClosedError, DeadlineExceeded, OffloopError, Overloaded
+from offloop.logs import LogConfig, installed_config, run_child
 from offloop.runtime.base import (
     JobFactory,
     JobFailed,
@@ -149,8 +158,8 @@ def _child_main(sock: socket.socket, factory: JobFactory, nice: int, owner: int)
             os.nice(nice)
     try:
         fn = factory()
-    except BaseException:
-        _send_msg(sock, (_READY_ID, False, traceback.format_exc()))
+    except BaseException as exc:
+        _send_msg(sock, (_READY_ID, False, _start_failure(exc)))
         return
     _send_msg(sock, (_READY_ID, True, os.getpid()))
     while True:
@@ -167,6 +176,34 @@ def _child_main(sock: socket.socket, factory: JobFactory, nice: int, owner: int)
             failed = JobFailed.from_exception(exc)
             reply = (job_id, False, (failed.type_name, failed.message, failed.traceback_text))
         _send_msg(sock, reply)
+
+
+def _start_failure(exc: BaseException) -> tuple[str, str, BaseException | None]:
+    """What a child that cannot build its job function tells the parent: the traceback, one
+    line saying why (an :class:`OffloopError`'s own message, else the exception's last line),
+    and the exception itself when it survives pickling (the parent raises from it)."""
+    text = traceback.format_exc()
+    if isinstance(exc, OffloopError):
+        summary = " ".join(str(exc).split())
+    else:
+        summary = " ".join(traceback.format_exception_only(exc)[-1].split())
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # not every exception pickles; the text says it all anyway
+        return text, summary, None
+    return text, summary, exc
+
+
+def _child_target(
+    config: LogConfig | None, sock: socket.socket, factory: JobFactory, nice: int, owner: int
+) -> None:
+    """A child's process target: its logging set up as the parent's (same format, the
+    child's name added, uncaught exceptions through the log) when the parent has an offloop
+    log config, then :func:`_child_main`."""
+    if config is None:
+        _child_main(sock, factory, nice, owner)
+    else:
+        run_child(config, None, _child_main, sock, factory, nice, owner)
 
 
 # -- the parent side ------------------------------------------------------------------------
@@ -212,6 +249,14 @@ class ProcessPool:
         start_timeout: seconds a child may take to build its job function.
         start_attempts: times in a row a child may die before it is ready during
             :meth:`start` before start-up fails.
+        log_config: how children log (:func:`offloop.logs.child_logging`); default: the
+            config :func:`offloop.logs.configure_logging` installed in this process when a
+            child starts, if any (else children log as ``logging`` does by default).
+        call_timeout: the worker's own limit on a call (seconds): a job that reaches it is
+            always killed. A job given up before it (a shorter timeout, a cancellation) is
+            killed only within the early-kill budget. None: every timeout is the limit.
+        early_kills_per_minute: the budget's refill rate (its burst is ``workers``); 0 never
+            kills a child for a caller that gave up early.
     """
 
     def __init__(
@@ -225,7 +270,20 @@ class ProcessPool:
         preload: Sequence[str] = (),
         start_timeout: float = 60.0,
         start_attempts: int = START_ATTEMPTS,
+        log_config: LogConfig | None = None,
+        call_timeout: float | None = None,
+        early_kills_per_minute: float = 6.0,
     ) -> None:
+        if early_kills_per_minute < 0:
+            raise ValueError("early_kills_per_minute must be >= 0")
+        self._log_config = log_config
+        # The early-kill budget: a token bucket of `workers` kills, refilled at the rate.
+        self._call_timeout = call_timeout
+        self._kill_rate = early_kills_per_minute / 60.0
+        self._kill_tokens = float(workers)
+        self._kill_stamp = time.monotonic()
+        self._early_kills = 0
+        self._spared = 0
         self._max_queued = check_pool_bounds(workers, max_queued)
         if start_attempts < 1:
             raise ValueError("start_attempts must be at least 1")
@@ -243,6 +301,7 @@ class ProcessPool:
         self._queue: collections.deque[_Job] = collections.deque()
         self._next_id = _READY_ID
         self._restarts = 0
+        self._completed = 0  # jobs that ran to an end (PoolStats.completed)
         self._closed = False
         self._spawning: set[asyncio.Task[None]] = set()
 
@@ -293,8 +352,14 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         parent_sock, child_sock = socket.socketpair()
         proc = self._ctx.Process(  # type: ignore[attr-defined]
-            target=_child_main,
-            args=(child_sock, self._factory, self._nice, os.getpid()),
+            target=_child_target,
+            args=(
+                self._log_config or installed_config(),
+                child_sock,
+                self._factory,
+                self._nice,
+                os.getpid(),
+            ),
             daemon=True,
             name="offloop-worker",
         )
@@ -324,12 +389,12 @@ class ProcessPool:
         if not ok:
             writer.close()
             await self._reap(proc)
-            log.debug("worker process %s failed to start its handler:\n%s", proc.pid, info)
-            last = next((line for line in reversed(str(info).splitlines()) if line.strip()), "")
+            text, summary, cause = info
+            log.debug("worker process %s failed to start its handler:\n%s", proc.pid, text)
             raise WorkerStartError(
-                f"worker process failed to start its handler: {last.strip()} "
+                f"worker process failed to start its handler: {summary} "
                 f"(the traceback is logged at DEBUG level)"
-            )
+            ) from cause
         return _Child(proc=proc, reader=reader, writer=writer, pid=int(info))
 
     def _adopt(self, child: _Child) -> None:
@@ -364,6 +429,7 @@ class ProcessPool:
         job = child.job
         child.job = None
         if job is not None:
+            self._completed += 1
             self._finish(job)
             if job.id == job_id and not job.future.done():
                 if ok:
@@ -382,6 +448,7 @@ class ProcessPool:
         job = child.job
         child.job = None
         if job is not None:
+            self._completed += 1  # ended by the child's death (a kill past its deadline)
             self._finish(job)
         if child.killed_for:
             log.warning("worker process %d killed: %s", child.pid, child.killed_for)
@@ -459,16 +526,62 @@ class ProcessPool:
             self._assign(self._idle.popleft(), job)
         else:
             self._queue.append(job)
+        started = loop.time()
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except TimeoutError:
             self._give_up(job)
             if job.child is not None and job.child.job is job:
-                self._kill(job.child, f"call exceeded its deadline of {timeout:.3g} s")
+                limit = self._call_timeout
+                if limit is None or timeout >= limit:
+                    self._kill(job.child, f"call exceeded its deadline of {timeout:.3g} s")
+                else:
+                    self._kill_early(job, f"its caller's deadline of {timeout:.3g} s passed",
+                                     loop.time() - started)  # fmt: skip
             raise DeadlineExceeded(f"call did not finish within {timeout:.3g} s") from None
         except asyncio.CancelledError:
-            self._give_up(job)  # a queued job leaves the queue; a running one finishes unseen
+            self._give_up(job)  # a queued job leaves the queue
+            if job.child is not None and job.child.job is job:
+                # Issue 13: nobody waits for it any more; its child is replaced rather than
+                # burn a core on work no one will read, while the early-kill budget lasts.
+                self._kill_early(job, "its caller cancelled the call", loop.time() - started)
             raise
+
+    def _kill_early(self, job: _Job, reason: str, ran: float) -> None:
+        """Kill the child of ``job``, given up by its caller before ``call_timeout``, if the
+        early-kill budget allows; else let it run (its result unread) and kill it only if it
+        reaches ``call_timeout`` (``ran``: seconds since it was submitted)."""
+        child = job.child
+        assert child is not None
+        now = time.monotonic()
+        self._kill_tokens = min(
+            float(self._workers), self._kill_tokens + (now - self._kill_stamp) * self._kill_rate
+        )
+        self._kill_stamp = now
+        if self._kill_tokens >= 1.0:
+            self._kill_tokens -= 1.0
+            self._early_kills += 1
+            self._kill(child, reason)
+            return
+        self._spared += 1
+        if self._spared == 1 or self._spared % 100 == 0:
+            log.warning(
+                "worker process %d: %s, but the early-kill budget (%g a minute) is spent: the "
+                "call runs on, unread (%d spared so far)",
+                child.pid,
+                reason,
+                self._kill_rate * 60,
+                self._spared,
+            )
+        limit = self._call_timeout
+        if limit is not None:
+            asyncio.get_running_loop().call_later(
+                max(0.0, limit - ran), self._kill_if_running, child, job, limit
+            )
+
+    def _kill_if_running(self, child: _Child, job: _Job, limit: float) -> None:
+        if child.job is job:
+            self._kill(child, f"call exceeded the worker's call timeout of {limit:.3g} s")
 
     def _give_up(self, job: _Job) -> None:
         """The caller stopped waiting: drop ``job`` if it is still queued."""
@@ -487,6 +600,7 @@ class ProcessPool:
             queued=len(self._queue),
             restarts=self._restarts,
             admission=self._admission.stats(),
+            completed=self._completed,
         )
 
     async def close(self, grace: float = 0.0) -> None:

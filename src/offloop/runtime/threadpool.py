@@ -15,10 +15,12 @@ for three reasons:
   behind to finish (or be dropped at exit) while its caller gets :class:`ClosedError`.
 
 A job's life: admitted (a limiter slot taken), queued, then either run by a thread, or dropped
-from the queue because its caller gave up or the pool closed. Its slot is given back exactly
-once, when it returns or is dropped; a job past its deadline runs on and keeps its slot until
-it returns, so the bound stays true. Whatever the job function raises reaches the caller as
-:class:`~offloop.runtime.base.JobFailed`.
+from the queue because its caller gave up or the pool closed. A running job whose caller gives
+up (cancelled or timed out) is told through :data:`offloop.context.CANCEL`: the handler sees
+:func:`offloop.cancelled` turn true and :func:`offloop.check_deadline` raise. Its slot is given
+back exactly once, when it returns or is dropped; a job past its deadline runs on and keeps
+its slot until it returns, so the bound stays true. Whatever the job function raises reaches
+the caller as :class:`~offloop.runtime.base.JobFailed`.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from offloop.context import CANCEL, CancelFlag
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
 from offloop.runtime.base import JobFactory, JobFailed, JobFn, PoolStats, check_pool_bounds
 from offloop.runtime.limiter import Limiter
@@ -62,6 +65,9 @@ class _Item:
     waiter: asyncio.Future[Any]
     job: bool = True
     ran: bool = False  # counted as busy: uncounted when its slot goes back
+    #: Set when its caller gives up (cancelled, or timed out): the running job sees it as
+    #: :data:`offloop.context.CANCEL` (issue 13, cancellation).
+    cancel: CancelFlag = field(default_factory=CancelFlag)
 
 
 def _pass_on(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], future: Any) -> None:
@@ -114,6 +120,7 @@ class ThreadPool:
         self._threads: list[threading.Thread] = []
         self._jobs: set[_Item] = set()  # jobs whose caller waits, for close() to fail
         self._busy = 0
+        self._completed = 0  # jobs that ran to an end (PoolStats.completed)
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -220,15 +227,25 @@ class ThreadPool:
         with self._lock:
             self._busy += 1
             item.ran = True
+        token = CANCEL.set(item.cancel)  # offloop.cancelled() in the handler
         try:
             result = item.call()
         except BaseException as exc:  # the thread must survive; the caller gets the error
+            self._ran_to_end()
             item.future.set_exception(exc)
         else:
+            self._ran_to_end()
             item.future.set_result(result)
+        finally:
+            CANCEL.reset(token)
         # Busy falls with the slot, in _release (a done callback that runs before the one that
         # hands the outcome to its waiter): a caller who has the result finds the job counted
         # neither busy nor admitted, and one who sees busy fall finds room.
+
+    def _ran_to_end(self) -> None:
+        """Item 5: count a job whose function returned or raised (``PoolStats.completed``)."""
+        with self._lock:
+            self._completed += 1
 
     @staticmethod
     def _run_boot(item: _Item) -> None:
@@ -274,6 +291,7 @@ class ThreadPool:
 
     @staticmethod
     def _give_up(item: _Item) -> None:
+        item.cancel.set()  # a running job sees it: offloop.cancelled(), check_deadline()
         item.future.cancel()  # drops the job if it has not started
         # Nobody will read the outcome: without this, an error would be logged as never
         # retrieved (the shield stops passing it on once its caller left).
@@ -283,6 +301,7 @@ class ThreadPool:
         admission = self._admission.stats()
         with self._lock:
             busy = self._busy
+            completed = self._completed
         alive = 0 if self._closed or self._fn is None else self._workers
         return PoolStats(
             workers=self._workers,
@@ -291,6 +310,7 @@ class ThreadPool:
             queued=max(0, admission.borrowed - busy),
             restarts=0,
             admission=admission,
+            completed=completed,
         )
 
     async def close(self, grace: float = 0.0) -> None:

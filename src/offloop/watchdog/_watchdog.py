@@ -40,6 +40,11 @@ _IDLE_HINT = (
     " (no code on the loop is running: the process is not getting the CPU; an overloaded host,"
     " a paused VM or container, or swapping)"
 )
+# The end of a stall in the loop's poll: nothing ran on the loop and its thread was hardly on
+# a CPU, so the process was not scheduled; "0% of it on CPU" alone reads as the loop's fault.
+_IDLE_END_HINT = (
+    ": the loop was idle and the process was not scheduled, so the machine is busy, not the loop"
+)
 # A stall with at least this share of it on CPU was computing, not waiting.
 _CPU_BOUND = 0.5
 # How long after the earliest moment a stall can be declared the thread looks: timer slack.
@@ -343,11 +348,14 @@ class LoopWatchdog:
         return _Stall(seq, started_at, culprit)
 
     def _end_stall(self, stall: _Stall, duration: float, cpu_share: float | None) -> None:
+        share = "" if cpu_share is None else f"; {cpu_share:.0%} of it on CPU"
+        if stall.blocking_function == IDLE_POLL and (cpu_share is None or cpu_share < _CPU_BOUND):
+            share += _IDLE_END_HINT
         self._log.warning(
             "event loop stall ended after %.0f ms (in %s%s)",
             duration * 1000,
             stall.blocking_function,
-            "" if cpu_share is None else f"; {cpu_share:.0%} of it on CPU",
+            share,
         )
         self._count(duration)
         with self._records_lock:

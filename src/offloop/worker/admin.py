@@ -1,16 +1,28 @@
-"""The worker's admin port: HTTP ``GET /healthz`` and ``GET /metrics``, on the loop.
+"""The worker's admin port: HTTP ``GET /livez``, ``/readyz``, ``/healthz`` and ``/metrics``,
+on the loop.
 
 A deliberately tiny HTTP/1.0 responder (one request per connection, request head capped at
 8 KiB, 5 s to send it): the admin port serves probes and scrapes, nothing else.
+
+- ``/livez``: 200 while the process and its pool are alive and not wedged, else 503
+  (restart me); see :mod:`offloop.worker.health`.
+- ``/readyz``: 200 while the worker should get calls (set up, a pool worker alive, not
+  draining), else 503 with the reason.
+- ``/healthz``: an alias of ``/readyz``, as it was before the two were apart (``ok``, or 503
+  while draining or with no live worker).
+- ``/metrics``: Prometheus text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from offloop.worker.health import Verdict
 
 __all__ = ["AdminServer"]
 
@@ -21,16 +33,38 @@ HEAD_TIMEOUT = 5.0
 
 
 class AdminServer:
-    """Serves ``/healthz`` (200 while ``healthy()``, else 503) and ``/metrics``."""
+    """Serves ``/livez`` (``live()``), ``/readyz`` and ``/healthz`` (``ready()``): 200 while
+    the verdict is ok, else 503, its reason as the body; and ``/metrics`` from ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry, healthy: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        live: Callable[[], Verdict],
+        ready: Callable[[], Verdict],
+    ) -> None:
         self._registry = registry
-        self._healthy = healthy
+        self._probes = {"/livez": live, "/readyz": ready, "/healthz": ready}
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port."""
-        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD)
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+    ) -> int:
+        """Listen (over TLS with ``tls``, each handshake within ``handshake_timeout``);
+        returns the bound port."""
+        self._server = await asyncio.start_server(
+            self._handle,
+            host,
+            port,
+            limit=MAX_HEAD,
+            ssl=tls,
+            ssl_handshake_timeout=handshake_timeout if tls is not None else None,
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -63,12 +97,12 @@ class AdminServer:
         writer.close()
 
     def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
-        if path not in ("/healthz", "/metrics"):
+        probe = self._probes.get(path)
+        if probe is None and path != "/metrics":
             return 404, "text/plain", b"not found\n"
         if method != "GET":
             return 405, "text/plain", b"method not allowed\n"
-        if path == "/metrics":
+        if probe is None:
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
-        if self._healthy():
-            return 200, "text/plain", b"ok\n"
-        return 503, "text/plain", b"unavailable\n"
+        verdict = probe()
+        return (200 if verdict.ok else 503), "text/plain", verdict.reason.encode() + b"\n"

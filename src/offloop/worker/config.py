@@ -18,6 +18,7 @@ from offloop.codec.guard import DecodeLimits
 from offloop.codec.message import ProtocolName
 from offloop.listen import ListenConfig
 from offloop.runtime.base import check_pool_bounds
+from offloop.tls import WorkerTLSConfig
 
 __all__ = ["AdminConfig", "PoolConfig", "PoolKind", "WorkerConfig", "WorkerLimits"]
 
@@ -38,12 +39,17 @@ class PoolConfig:
         nice: niceness added to pool processes and threads (0 to 19).
         batching: whether calls of ``@batched`` handler methods are merged into batches;
             when off, each call is a batch of one.
+        early_kills_per_minute: process pool: how often a child may be killed (and
+            restarted) for a call its caller gave up before ``call_timeout`` (a shorter
+            deadline, a cancellation), in a burst of ``workers``; past it such a call runs
+            on, unread, until ``call_timeout``. A call past ``call_timeout`` is always killed.
     """
 
     kind: PoolKind = field(default="process", metadata={"flag": "pool"})
     workers: int = 0
     nice: int = 10
     batching: bool = True
+    early_kills_per_minute: float = 6.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("process", "thread"):
@@ -52,6 +58,8 @@ class PoolConfig:
             raise ValueError("workers must be >= 0 (0: one per core)")
         if not 0 <= self.nice <= 19:
             raise ValueError("nice must be between 0 and 19")
+        if not 0 <= self.early_kills_per_minute <= 60_000:
+            raise ValueError("early_kills_per_minute must be between 0 and 60000")
 
     @property
     def size(self) -> int:
@@ -113,15 +121,18 @@ class WorkerLimits:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    """The admin HTTP port (``/healthz``, ``/metrics``).
+    """The admin HTTP port (``/livez``, ``/readyz``, ``/healthz``, ``/metrics``).
 
     Attributes:
         host: address of the admin port.
         port: its TCP port; unset for no admin port, 0 for a free one.
+        tls: serve it over TLS with the Thrift port's certificate (``tls_cert``), without
+            asking for client certificates (probes and scrapers present none).
     """
 
     host: str = "127.0.0.1"
     port: int | None = None
+    tls: bool = False
 
     def __post_init__(self) -> None:
         if self.port is not None and not 0 <= self.port <= 65535:
@@ -139,30 +150,54 @@ class WorkerConfig:
             arguments once per pool process (process pool) or once (thread pool). A handler
             object can be given to :class:`~offloop.worker.server.WorkerServer` instead.
         protocol: ``binary`` (default) or ``compact``, over framed transport.
+        app_dir: the directory the handler's module is imported from, put first on the
+            import path of the worker and of its pool processes (as uvicorn's ``--app-dir``);
+            the current directory by default, empty for the import path as it is.
         grace: seconds in-flight calls get to finish on shutdown.
+        drain_delay: seconds the worker keeps serving after SIGTERM, with ``/readyz``
+            failing, before it stops accepting and drains within ``grace``: time for load
+            balancers and DNS to stop sending it calls. SIGINT (Ctrl-C) skips it.
         listen: where the Thrift port listens.
         pool: the pool that runs the handler.
         limits: what bounds the worker's resources.
         admin: the admin HTTP port.
+        tls: TLS on the Thrift port (mutual TLS with ``tls_client_ca``); see
+            docs/security.md.
+        trust_principal: take the ``offloop-principal`` header of calls (who the gateway
+            authenticated) even though the Thrift port does not require mutual TLS; with
+            ``tls_client_ca`` set it is always taken, otherwise (the default) ignored and
+            handlers see no principal, as any client that reaches the port could send one.
     """
 
     idl: str
     service: str
     handler: str = ""
     protocol: ProtocolName = "binary"
+    app_dir: str = "."
     grace: float = 10.0
+    drain_delay: float = 5.0
     listen: ListenConfig = field(
         default_factory=lambda: ListenConfig(port=WORKER_PORT, backlog=1024)
     )
     pool: PoolConfig = field(default_factory=PoolConfig)
     limits: WorkerLimits = field(default_factory=WorkerLimits)
     admin: AdminConfig = field(default_factory=AdminConfig, metadata={"prefix": "admin-"})
+    tls: WorkerTLSConfig = field(default_factory=WorkerTLSConfig, metadata={"prefix": "tls-"})
+    trust_principal: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in ("binary", "compact"):
             raise ValueError(f"protocol must be 'binary' or 'compact', not {self.protocol!r}")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
+        if self.drain_delay < 0:
+            raise ValueError("drain_delay must be >= 0")
+
+    @property
+    def trusts_principal(self) -> bool:
+        """Whether calls' ``offloop-principal`` header is believed: ``trust_principal``, or a
+        Thrift port that requires mutual TLS (``tls.client_ca``)."""
+        return self.trust_principal or bool(self.tls.cert and self.tls.client_ca)
 
     @property
     def workers(self) -> int:

@@ -20,14 +20,31 @@ thriftpy2 has decoded the arguments, only the IDL's string-typed places can hold
 else; a method without strings costs nothing. Bad requests are the caller's fault, so they are
 logged at DEBUG, and at WARNING at most once per :data:`BAD_REQUEST_LOG_INTERVAL` seconds,
 never with a traceback.
+
+**A call's context.** A call that came in a THeader frame reaches the pool as a
+:class:`CallJob`: its message, its protocol (a header frame names its own, which may differ
+from the worker's ``--protocol``) and its :class:`~offloop.context.CallContext` (request id,
+deadline, principal, info headers). A plain framed call is its bare bytes, at no cost. Before
+a call starts, its deadline is checked: one that passed while the call was queued is answered
+with the fault ``deadline exceeded`` (outcome ``expired``) and the handler never runs. A
+handler runs with the context variables of :mod:`offloop.context` set to its call's context
+(in a pool thread or a child process alike: the deadline is a ``time.monotonic`` value, which
+the processes of one host share), so that it can read :func:`offloop.time_left` or call
+:func:`offloop.check_deadline`; a :class:`~offloop.errors.DeadlineExceeded` it raises is
+answered as ``deadline exceeded`` (outcome ``timeout``). A batch runs with no call's context
+set (it carries several); its calls whose deadline passed leave it before it runs.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,18 +55,60 @@ from offloop.batching import batch_options
 from offloop.codec.faults import FaultKind
 from offloop.codec.guard import DEFAULT_LIMITS, DecodeLimits
 from offloop.codec.message import Header, MessageCodec, ProtocolName
-from offloop.errors import RemoteProtocolError
+from offloop.context import CallContext
+from offloop.errors import Blame, DeadlineExceeded, OffloopError, RemoteProtocolError
 from offloop.idl import MethodInfo, ServiceInfo, load_idl, service_info
+from offloop.inline import loop_methods
 
-__all__ = ["OUTCOMES", "Dispatcher", "DispatcherFactory", "Reply", "load_handler"]
+__all__ = [
+    "OUTCOMES",
+    "CallJob",
+    "Dispatcher",
+    "DispatcherFactory",
+    "HandlerError",
+    "Reply",
+    "load_handler",
+    "use_app_dir",
+]
 
 log = logging.getLogger("offloop.worker")
 
-#: Outcome tags of a call, as counted in metrics.
-OUTCOMES = ("ok", "exception", "error", "bad_request", "overloaded", "timeout", "crashed")
+#: Outcome tags of a call, as counted in metrics. ``expired``: its deadline passed before it
+#: started, and it never ran; ``timeout``: it ran past its deadline.
+OUTCOMES = (
+    "ok",
+    "exception",
+    "error",
+    "bad_request",
+    "overloaded",
+    "timeout",
+    "expired",
+    "crashed",
+)
 
 #: One call's reply: its outcome tag and the reply message (None for a oneway call).
 Reply = tuple[str, bytes | None]
+
+_NO_CONTEXT = CallContext()
+
+
+@dataclass(frozen=True, slots=True)
+class CallJob:
+    """One call with its context, as a pool receives it (a framed call is its bare bytes).
+
+    Attributes:
+        message: the Thrift message of the call.
+        protocol: its protocol.
+        context: its request id, deadline, principal and info headers.
+    """
+
+    message: bytes
+    protocol: ProtocolName
+    context: CallContext
+
+
+#: A call as the pool receives it.
+Job = bytes | CallJob
 
 #: Seconds between two WARNING lines about bad requests; the others go to DEBUG. A client
 #: sending garbage (a fuzzer: hundreds a second) must not flood the log with its faults.
@@ -195,30 +254,121 @@ def _type_of(info: Any) -> tuple[int, Any]:
     return (info, None) if isinstance(info, int) else (info[0], info[1])
 
 
-def load_handler(spec: str) -> Any:
-    """Import ``module:attr`` and return the object; a class is instantiated with no arguments.
+class HandlerError(OffloopError, ImportError):
+    """The handler cannot be loaded: its module does not import (missing, a ``SyntaxError``,
+    an ``ImportError`` inside it), lacks the attribute, or building it raised.
+
+    ``str(exc)`` is one line naming the handler, the error's type and, when the error comes
+    from the user's code, the file and line: ``cannot load handler 'shop:Handler':
+    SyntaxError at shop.py:3: invalid syntax``. The original exception is ``__cause__``.
+    An ``ImportError`` too, for code that caught what ``load_handler`` used to raise.
+    """
+
+    blame = Blame.CALLER
+    PUBLIC = None
+
+
+def load_handler(spec: str, app_dir: str | None = None) -> Any:
+    """Import ``module:attr`` and build the handler from it.
+
+    The object named is used as follows: a class is instantiated with no arguments; any other
+    object (an instance, a module) is used as it is. Nothing else is called, except the
+    optional ``setup_pool(pool, workers)`` hook that :class:`DispatcherFactory` calls.
+
+    Args:
+        spec: ``package.module:Name`` (``Name`` may be dotted: ``module:Outer.Inner``).
+        app_dir: a directory to import from, put first on ``sys.path`` if it is not there
+            (``None``: ``sys.path`` as it is).
 
     Raises:
-        ImportError: the module or attribute does not exist.
+        HandlerError: the module does not import, lacks the attribute, or the class's
+            ``__init__`` raised; one line says which and where.
     """
-    obj = _import_handler(spec)
-    return obj() if isinstance(obj, type) else obj
+    obj = _import_handler(spec, app_dir)
+    if not isinstance(obj, type):
+        return obj
+    try:
+        return obj()
+    except Exception as exc:
+        raise HandlerError(_describe(spec, exc)) from exc
 
 
-def _import_handler(spec: str) -> Any:
+def use_app_dir(app_dir: str | None) -> None:
+    """Put ``app_dir`` (made absolute) first on ``sys.path`` unless it is already there, as
+    uvicorn's ``--app-dir`` does; ``None`` or an empty string leaves ``sys.path`` alone."""
+    if not app_dir:
+        return
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def _import_handler(spec: str, app_dir: str | None = None) -> Any:
     """The object ``module:attr`` names, not instantiated.
 
     Raises:
-        ImportError: the spec is malformed, or the module or attribute does not exist.
+        HandlerError: the spec is malformed, or the module does not import, or it lacks the
+            attribute.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ImportError(f"handler must look like 'package.module:Name', got {spec!r}")
-    module = importlib.import_module(module_name)
+        raise HandlerError(f"handler must look like 'package.module:Name', got {spec!r}")
+    use_app_dir(app_dir)
     try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # SyntaxError, ImportError, or whatever the module raised
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
+            where = f"in {os.path.abspath(app_dir)} nor " if app_dir else ""
+            hint = f" (not {where}on the import path; --app-dir says where to look)"
+        raise HandlerError(_describe(spec, exc) + hint) from exc
+    for i, part in enumerate(attr.split(".")):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            if i == 0:
+                owner = f"module {module_name!r}"
+            else:
+                owner = repr(module_name + ":" + ".".join(attr.split(".")[:i]))
+            raise HandlerError(
+                f"cannot load handler {spec!r}: {owner} has no attribute {part!r}"
+            ) from None
+    return obj
+
+
+def _describe(spec: str, exc: BaseException) -> str:
+    """``cannot load handler 'mod:Cls': SyntaxError at mod.py:3: invalid syntax``: the
+    error's type, where in the user's code it happened (when it did), its message."""
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" at {_shown_path(exc.filename)}:{exc.lineno}"
+        message = exc.msg
+    else:
+        message = str(exc)
+        frames = [
+            frame
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if not frame.filename.startswith(("<", _IMPORTLIB)) and frame.filename != __file__
+        ]
+        if frames:
+            where = f" at {_shown_path(frames[-1].filename)}:{frames[-1].lineno}"
+            if frames[-1].name not in ("<module>", "<lambda>"):
+                where += f" in {frames[-1].name}"
+    text = f"cannot load handler {spec!r}: {type(exc).__name__}{where}: {message}"
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+#: Where the import machinery's own frames come from: never the place of a handler's error.
+_IMPORTLIB = os.path.dirname(importlib.__file__) + os.sep
+
+
+def _shown_path(filename: str) -> str:
+    """A file's path relative to the current directory when it is below it."""
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if relative.startswith("..") else relative
 
 
 class Dispatcher:
@@ -237,14 +387,27 @@ class Dispatcher:
         handler: Any,
         protocol: ProtocolName,
         limits: DecodeLimits = DEFAULT_LIMITS,
+        *,
+        _main: Dispatcher | None = None,
     ) -> None:
         self._service = service
         self._handler = handler
+        self._protocol = protocol
         self._codec = MessageCodec(protocol, limits)
-        self._strings = _StringCheck()
-        for method in service.methods.values():
-            self._strings.prepare(method.args_cls)
-        self._bad_request = _RateLimitedWarning(BAD_REQUEST_LOG_INTERVAL)
+        if _main is None:
+            self._strings = _StringCheck()
+            for method in service.methods.values():
+                self._strings.prepare(method.args_cls)
+            self._bad_request = _RateLimitedWarning(BAD_REQUEST_LOG_INTERVAL)
+            other: ProtocolName = "compact" if protocol == "binary" else "binary"
+            # Header frames name their protocol: the other one is served by a sibling that
+            # shares everything but the codec.
+            self._by_protocol: dict[str, Dispatcher] = {protocol: self}
+            self._by_protocol[other] = Dispatcher(service, handler, other, limits, _main=self)
+        else:
+            self._strings = _main._strings
+            self._bad_request = _main._bad_request
+            self._by_protocol = _main._by_protocol
         # A batched method takes a list of calls, so it is called that way even alone.
         self._batched = frozenset(batch_options(handler))
         missing = [m for m in service.methods if not callable(getattr(handler, m, None))]
@@ -254,11 +417,29 @@ class Dispatcher:
                 f"{service.name}: {', '.join(missing)}"
             )
 
-    def __call__(self, frames: Sequence[bytes]) -> list[Reply]:
-        """Run each call of ``frames`` (one frame, or a batch of one batched method)."""
+    def __call__(self, frames: Sequence[Job]) -> list[Reply]:
+        """Run each call of ``frames`` (one call, or a batch of one batched method)."""
         if len(frames) == 1:
             return [self.call_one(frames[0])]
         return self.call_batch(frames)
+
+    def _unpack(self, job: Job) -> tuple[Dispatcher, bytes, CallContext]:
+        if isinstance(job, bytes):
+            return self, job, _NO_CONTEXT
+        return self._by_protocol[job.protocol], job.message, job.context
+
+    def _expired(self, frame: bytes) -> Reply:
+        """The answer to a call whose deadline passed before it started."""
+        try:
+            header = self._codec.read_header(frame)
+        except RemoteProtocolError as exc:
+            return self._refuse(Header("", 1, 0), str(exc))
+        return "expired", self._codec.fault(
+            header.name,
+            header.seqid,
+            FaultKind.DEADLINE_EXCEEDED,
+            "the call's deadline passed while it was queued; it did not run",
+        )
 
     def _decode(self, frame: bytes) -> tuple[Header, MethodInfo, Any] | Reply:
         header = self._codec.read_header(frame)
@@ -288,22 +469,90 @@ class Dispatcher:
             header.name, header.seqid, FaultKind.BAD_REQUEST, detail
         )
 
-    def call_one(self, frame: bytes) -> Reply:
-        """Run one call."""
+    def call_one(self, job: Job) -> Reply:
+        """Run one call, unless its deadline has passed."""
+        dispatcher, frame, context = self._unpack(job)
+        if dispatcher is not self:
+            return dispatcher.call_one(job)
+        if context is _NO_CONTEXT:
+            return self._call_one(job, frame)
+        if context.expired(time.monotonic()):
+            return self._expired(frame)
+        with context.applied():
+            return self._call_one(job, frame)
+
+    def _call_one(self, job: Job, frame: bytes) -> Reply:
         decoded = self._decode(frame)
         if not isinstance(decoded[0], Header):
             return decoded
         header, method, args = decoded
         if method.name in self._batched:
-            return self.call_batch([frame])[0]
+            return self.call_batch([job])[0]
         fn: Callable[..., Any] = getattr(self._handler, method.name)
         try:
             value = fn(*(getattr(args, name) for name in method.arg_names))
+        except DeadlineExceeded as exc:  # from check_deadline(): not the handler's fault
+            return "timeout", self._codec.fault(
+                header.name, header.seqid, FaultKind.DEADLINE_EXCEEDED, str(exc)
+            )
         except Exception as exc:
             return self._error_reply(header, method, exc)
         return self._success_reply(header, method, value)
 
-    def call_batch(self, frames: Sequence[bytes]) -> list[Reply]:
+    # -- calls on the worker's loop (issue 16: async def and @inline methods) ----------------
+
+    async def call_on_loop(self, job: Job) -> Reply:
+        """Run one call of an ``async def`` or ``@inline`` method on the running loop, with
+        the same replies as :meth:`call_one` gives in a pool (results, declared exceptions,
+        faults, an expired deadline)."""
+        dispatcher, frame, context = self._unpack(job)
+        if dispatcher is not self:
+            return await dispatcher.call_on_loop(job)
+        if context is not _NO_CONTEXT and context.expired(time.monotonic()):
+            return self._expired(frame)
+        decoded = self._decode(frame)
+        if not isinstance(decoded[0], Header):
+            return decoded
+        header, method, args = decoded
+        fn: Callable[..., Any] = getattr(self._handler, method.name)
+        with context.applied():
+            try:
+                value = fn(*(getattr(args, name) for name in method.arg_names))
+                if inspect.isawaitable(value):
+                    value = await value
+            except DeadlineExceeded as exc:
+                return "timeout", self._codec.fault(
+                    header.name, header.seqid, FaultKind.DEADLINE_EXCEEDED, str(exc)
+                )
+            except Exception as exc:
+                return self._error_reply(header, method, exc)
+        return self._success_reply(header, method, value)
+
+    # -- end of calls on the worker's loop ---------------------------------------------------
+
+    def call_batch(self, jobs: Sequence[Job]) -> list[Reply]:
+        """Run calls of one batched method in a single handler call per protocol; calls
+        whose deadline has passed are answered ``deadline exceeded`` and leave the batch.
+
+        See :meth:`_call_batch`.
+        """
+        now = time.monotonic()
+        replies: list[Reply | None] = [None] * len(jobs)
+        groups: dict[int, tuple[Dispatcher, list[int], list[bytes]]] = {}
+        for i, job in enumerate(jobs):
+            dispatcher, frame, context = self._unpack(job)
+            if context.deadline is not None and context.expired(now):
+                replies[i] = dispatcher._expired(frame)
+                continue
+            group = groups.setdefault(id(dispatcher), (dispatcher, [], []))
+            group[1].append(i)
+            group[2].append(frame)
+        for dispatcher, where, frames in groups.values():
+            for i, reply in zip(where, dispatcher._call_batch(frames), strict=True):
+                replies[i] = reply
+        return [r for r in replies if r is not None]
+
+    def _call_batch(self, frames: Sequence[bytes]) -> list[Reply]:
         """Run calls of one batched method in a single handler call.
 
         The handler receives a list with one entry per call (the argument itself for a
@@ -364,11 +613,12 @@ class Dispatcher:
         if isinstance(exc, TApplicationException):
             return "error", self._codec.encode_exception(method.name, header.seqid, exc)
         for field_name, exc_cls in method.exceptions:
-            if isinstance(exc, exc_cls):
+            declared = _as_declared(exc, exc_cls)
+            if declared is not None:
                 if method.oneway:
                     return "exception", None
                 result = method.result_cls()
-                setattr(result, field_name, exc)
+                setattr(result, field_name, declared)
                 try:
                     return "exception", self._codec.encode_reply(method.name, header.seqid, result)
                 except Exception as encode_exc:
@@ -393,6 +643,43 @@ class Dispatcher:
         )
 
 
+def _as_declared(exc: Exception, declared: Any) -> Any:
+    """``exc`` as an instance of the declared exception class ``declared``, or None.
+
+    An instance of the class itself is returned as it is. So is, converted, an instance of the
+    same IDL type from another copy of the IDL (a handler that called ``thriftpy2.load``
+    itself, under another module name or path): same type name, same fields (ids, types,
+    names). Its field values are copied into a new instance of ``declared``; nested structs
+    are kept, as thriftpy2 encodes a struct by its fields, not its class.
+    """
+    if isinstance(exc, declared):
+        return exc
+    kind = type(exc)
+    if kind.__name__ != declared.__name__ or _layout(kind) != _layout(declared):
+        return None
+    names = [spec[1] for spec in declared.thrift_spec.values()]
+    return declared(**{name: getattr(exc, name, None) for name in names})
+
+
+def _layout(cls: Any) -> tuple[Any, ...] | None:
+    """A struct class's fields as comparable data: (id, type, name, element types with
+    struct classes by name, required) in id order; None for a class without a spec."""
+    spec = getattr(cls, "thrift_spec", None)
+    if not isinstance(spec, dict):
+        return None
+    return tuple(
+        (fid, *(_type_key(part) for part in fields)) for fid, fields in sorted(spec.items())
+    )
+
+
+def _type_key(part: Any) -> Any:
+    if isinstance(part, type):
+        return ("struct", part.__name__)
+    if isinstance(part, tuple | list):
+        return tuple(_type_key(p) for p in part)
+    return part
+
+
 @dataclass(frozen=True)
 class DispatcherFactory:
     """Builds a :class:`Dispatcher` inside a worker: loads the IDL and the handler there.
@@ -404,6 +691,9 @@ class DispatcherFactory:
         service: the service the handler implements.
         handler: ``package.module:Name`` (imported, and a class instantiated, in the
             worker), or the handler object itself (pickled to each child of a process pool).
+        app_dir: the directory ``handler`` is imported from, put first on ``sys.path`` in
+            every process that imports it (made absolute here, in the parent, so that a child
+            started elsewhere finds the same one); empty: ``sys.path`` as it is.
     """
 
     idl_path: str
@@ -413,10 +703,23 @@ class DispatcherFactory:
     pool: str = "thread"
     workers: int = 1
     limits: DecodeLimits = DEFAULT_LIMITS
+    app_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.app_dir:
+            object.__setattr__(self, "app_dir", os.path.abspath(self.app_dir))
 
     def __call__(self) -> Dispatcher:
         info = service_info(load_idl(self.idl_path), self.service)
-        handler = load_handler(self.handler) if isinstance(self.handler, str) else self.handler
+        if not isinstance(self.handler, str):
+            return self._build(info, self.handler)
+        handler = load_handler(self.handler, self.app_dir)
+        try:
+            return self._build(info, handler)
+        except Exception as exc:
+            raise HandlerError(_describe(self.handler, exc)) from exc
+
+    def _build(self, info: ServiceInfo, handler: Any) -> Dispatcher:
         # Optional hook: a handler that sizes its own thread use (torch, BLAS) by the pool.
         setup = getattr(handler, "setup_pool", None)
         if callable(setup):
@@ -424,7 +727,23 @@ class DispatcherFactory:
         return Dispatcher(info, handler, self.protocol, self.limits)
 
     def batch_methods(self) -> dict[str, tuple[int, float]]:
-        """Batched methods of the handler class: name -> (max_batch, max_wait seconds)."""
+        """Batched methods of the handler class: name -> (max_batch, max_wait seconds).
+
+        Raises:
+            HandlerError: the handler named does not import.
+        """
         if not isinstance(self.handler, str):
             return batch_options(self.handler)
-        return batch_options(_import_handler(self.handler))
+        return batch_options(_import_handler(self.handler, self.app_dir))
+
+    def loop_methods(self, names: Sequence[str]) -> dict[str, str]:
+        """Of the method ``names``, those the handler runs on the worker's loop, found
+        without building it: name -> ``"async"`` or ``"inline"`` (see :mod:`offloop.inline`).
+
+        Raises:
+            HandlerError: the handler named does not import.
+        """
+        handler = self.handler
+        if isinstance(handler, str):
+            handler = _import_handler(handler, self.app_dir)
+        return loop_methods(handler, names)

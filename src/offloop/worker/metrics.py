@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -106,11 +107,22 @@ class WorkerMetrics:
         r.register(_PoolCollector(stats))
         if connections is not None:
             r.register(_ConnectionCollector(connections))
+        # The labelled children, looked up once: ``labels()`` takes a lock and builds a key on
+        # every call, a few per cent of a light call's cost (issue 16). Bounded: the IDL's
+        # methods (and "<unknown>") times the outcomes.
+        self._calls: dict[tuple[str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
 
     def observe(self, method: str, outcome: str, seconds: float) -> None:
         """Count one answered call."""
-        self.calls.labels(method, outcome).inc()
-        self.latency.labels(method).observe(seconds)
+        counter = self._calls.get((method, outcome))
+        if counter is None:
+            counter = self._calls[(method, outcome)] = self.calls.labels(method, outcome)
+        counter.inc()
+        histogram = self._latency.get(method)
+        if histogram is None:
+            histogram = self._latency[method] = self.latency.labels(method)
+        histogram.observe(seconds)
 
 
 class _PoolCollector(Collector):

@@ -32,29 +32,71 @@ connections by ``max_connections``. Each connection, by what it may make the wor
 
 A connection's reading state is one decision (:meth:`_Connection._update_reading`): read
 unless it is at its call bound or its client is not reading replies.
+
+**Framed or THeader, per connection.** Its first frame decides: a THeader frame
+(:mod:`offloop.codec.header`, the body opens with 0x0FFF) makes it a header connection, any
+other a framed one, and every reply goes back in kind. A frame of the other kind later on the
+same connection closes it (``protocol_errors{reason="mixed_framing"}``), as does a header
+frame we refuse (``reason="header"``). A header frame names its payload's protocol, binary or
+compact, and both are served whatever ``--protocol`` says (that setting is for framed
+connections, which cannot tell). Its info headers become the call's
+:class:`~offloop.context.CallContext`: the request id (echoed in the reply's headers, and in
+the worker's log lines about the call), the deadline (``offloop-deadline-ms``, made absolute on
+arrival) and the principal. A call whose deadline has passed is answered ``deadline
+exceeded`` without running (outcome ``expired``), at once if it arrived so, or when a worker
+takes it if it expired while queued; one that outlives it is treated as one past
+``call_timeout`` (a process-pool child is killed). The call of
+:data:`~offloop.codec.call.PROBE_METHOD` (a client asking whether this server speaks THeader)
+is answered at once with an ``unknown method`` fault in a header frame, not logged.
+
+**Cancellation** (issue 13). A oneway header-frame message of
+:data:`~offloop.codec.call.CANCEL_METHOD` names, by its seqid, a call of the same connection
+whose client gave up (:meth:`WorkerServer._cancel`): the call's task is cancelled, so a queued
+call leaves the pool's queue or its forming batch unrun, a running process-pool call's child is
+replaced, and a thread-pool handler sees :func:`offloop.cancelled`; it is not answered
+(outcome ``cancelled``). Cancels are served as soon as they are read, never held back by the
+call bound, and a header connection at its bound is read on while what it holds back is under
+:data:`HOLD_BYTES`. A header connection that closes cancels its calls in progress the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
 import logging
 import time
 from typing import Any, cast
 
+from offloop.codec.call import CANCEL_METHOD, PROBE_METHOD
 from offloop.codec.faults import FaultKind
 from offloop.codec.framing import FrameDecoder, FrameError, encode_frame
+from offloop.codec.header import (
+    HeaderError,
+    HeaderLimits,
+    HeaderParts,
+    decode_header_frame,
+    encode_header_frame,
+    encode_header_reply,
+    is_header_frame,
+    split_header_frame,
+)
 from offloop.codec.message import CALL, ONEWAY, Header, MessageCodec
+from offloop.context import PRINCIPAL_HEADER, REQUEST_ID, REQUEST_ID_HEADER, CallContext
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded, RemoteProtocolError
 from offloop.idl import ServiceInfo, load_idl, service_info
 from offloop.runtime.base import JobFailed, Pool, WorkerCrashed
+from offloop.runtime.limiter import Limiter
 from offloop.runtime.processpool import ProcessPool
 from offloop.runtime.threadpool import ThreadPool
+from offloop.tls import ServerTLS, TLSConfigError, looks_like_tls
 from offloop.worker.admin import AdminServer
 from offloop.worker.batcher import Batcher
 from offloop.worker.config import WorkerConfig
-from offloop.worker.dispatch import DispatcherFactory, Reply
+from offloop.worker.dispatch import CallJob, Dispatcher, DispatcherFactory, Job, Reply
+from offloop.worker.handshake import TLSListener, listening_socket
+from offloop.worker.health import WorkerHealth
 from offloop.worker.metrics import ConnectionStats, WorkerMetrics
 
 __all__ = ["CONNECTION_SHARE", "PARTIAL_FRAMES", "WorkerServer", "build_pool"]
@@ -66,6 +108,20 @@ log = logging.getLogger("offloop.worker")
 #: gateway alone can still fill the pool, while one connection alone leaves 3/4 of it to
 #: others.
 CONNECTION_SHARE = 4
+#: Issue 13: a header connection at its call bound is read on (so that its client's cancels
+#: arrive) while the frames it holds back take fewer bytes than this: one read's worth.
+HOLD_BYTES = 64 * 1024
+#: The longest frame that may be a cancel message (one is about 40 bytes).
+_CANCEL_FRAME_MAX = 96
+_CANCEL_NAME = CANCEL_METHOD.encode()
+
+
+def _maybe_cancel(frame: bytes) -> bool:
+    """A cheap first look: whether ``frame`` may be a cancel (:meth:`WorkerServer._is_cancel`
+    tells)."""
+    return len(frame) <= _CANCEL_FRAME_MAX and _CANCEL_NAME in frame
+
+
 #: By default all connections together may hold this many frames of ``max_frame_size``
 #: that are not yet whole: a few large calls arriving at once fit; a crowd of idle partial
 #: frames (32 of 16 MiB held 512 MiB) does not.
@@ -94,6 +150,8 @@ def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
         max_queued=config.max_queued,
         nice=config.pool.nice,
         preload=preload,
+        call_timeout=config.limits.call_timeout,
+        early_kills_per_minute=config.pool.early_kills_per_minute,
     )
 
 
@@ -115,6 +173,8 @@ class _Connection(asyncio.Protocol):
         self._pending: collections.deque[bytes] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        #: THeader (True) or plain framed (False), as its first frame said; None before.
+        self.header: bool | None = None
         #: Calls of this connection in progress: dispatched, reply not yet written.
         self.in_flight = 0
         #: Bytes of the partial frame the decoder holds, as counted in the server's total.
@@ -127,6 +187,18 @@ class _Connection(asyncio.Protocol):
         #: Its client does not read its replies: the client holds it back.
         self.writes_paused = False
         self._reading = True
+        #: Replies made in this turn of the loop, written at its end (:meth:`send`).
+        self._out: list[bytes] = []
+        #: Issue 13: the calls of a header connection in progress, by seqid, that a cancel
+        #: message may name (bounded by the call bound: one entry per call in flight).
+        self.calls: dict[int, tuple[_Call, asyncio.Task[None]]] = {}
+        #: Bytes of the frames read and held back (``_pending``).
+        self.held = 0
+        #: Seqids cancelled while their call was still held back: dropped when taken
+        #: (at most one per frame held back).
+        self.early_cancels: set[int] = set()
+        #: Item 2: an untrusted peer's ``offloop-principal`` was ignored (logged once).
+        self.principal_ignored = False
 
     @property
     def closing(self) -> bool:
@@ -155,34 +227,50 @@ class _Connection(asyncio.Protocol):
         server = self._server
         error: FrameError | None = None
         completed = False
+        cancels: list[bytes] = []
         try:
             for frame in self._decoder.frames():
-                self._pending.append(frame)
+                if self.header and _maybe_cancel(frame) and server._is_cancel(frame):
+                    cancels.append(frame)  # issue 13: served now, never held back
+                else:
+                    self._pending.append(frame)
+                    self.held += len(frame)
                 completed = True
         except FrameError as exc:
             error = exc  # after the frames before it, as they came
+        for frame in cancels:
+            server._on_frame(self, frame)
         bound = server.calls_per_connection
         while self._pending and not self.writes_paused:
             if self.in_flight < bound:
-                server._on_frame(self, self._pending.popleft())
+                server._on_frame(self, self._take())
             elif server.admission_full():
                 # Past its share while the pool has no room for anyone: refused at once,
                 # without a slot, as any call to a full pool is, so that clients (a gateway
                 # learning a backend's capacity) hear "overloaded" instead of waiting unread.
-                server._on_frame(self, self._pending.popleft(), refuse=True)
+                server._on_frame(self, self._take(), refuse=True)
             else:
                 break  # past its share while others may use the room: wait, unread
             if self.closing:
                 return  # closed for an earlier frame of this read: one error, one log line
+        if not self._pending and self.early_cancels:
+            self.early_cancels.clear()  # issue 13: those left named no call held back
         if error is not None:
             server._protocol_error(self, type(error).__name__, str(error))
             return
-        throttled = self.in_flight >= bound
+        # Issue 13: a header connection at its bound is still read while the frames it holds
+        # back are under HOLD_BYTES, so that a cancel reaches the worker.
+        throttled = self.in_flight >= bound and (self.held >= HOLD_BYTES or not self.header)
         if throttled and not self.throttled:
             server.metrics.throttles.inc()
         self.throttled = throttled
         server._account(self, self._decoder.buffered, completed)
         self._update_reading()
+
+    def _take(self) -> bytes:
+        frame = self._pending.popleft()
+        self.held -= len(frame)
+        return frame
 
     def call_done(self) -> None:
         """One call of this connection finished and its reply, if any, is written."""
@@ -224,10 +312,29 @@ class _Connection(asyncio.Protocol):
         if not self.closing:
             self.pump()
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes, call: _Call | None = None) -> None:
+        """Write the reply ``message`` to ``call``, in the framing the call came in.
+
+        Replies made in one turn of the loop go out in one write at its end (issue 16: a
+        write per reply was a third of a light call's cost), in the order they were made.
+        """
         if not self.closing:
+            frame = None if call is None else call.frame
+            if frame is None:
+                data = encode_frame(message)
+            else:
+                rid = call.context.request_id if call is not None else None
+                headers = {REQUEST_ID_HEADER: rid} if rid is not None else None
+                data = encode_header_reply(frame, message, headers)
+            if not self._out:
+                asyncio.get_running_loop().call_soon(self._write_out)
+            self._out.append(data)
+
+    def _write_out(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.closing:
             assert self.transport is not None
-            self.transport.write(encode_frame(message))
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         """Close the connection and let go of the frames it holds. Replies already written
@@ -237,10 +344,64 @@ class _Connection(asyncio.Protocol):
             if self.writes_paused:
                 self.transport.abort()
             else:
+                self._write_out()  # replies made in this turn go first
                 self.transport.close()
         self._decoder = FrameDecoder(self._server.config.limits.max_frame_size)
         self._pending.clear()
+        self.held = 0
         self._server._account(self, 0, False)
+
+
+class _Call:
+    """One call read off a connection: its header, the codec of its protocol, the header
+    frame it came in (its parts; None when framed), its context, and the job the pool runs."""
+
+    __slots__ = ("cancelled", "codec", "context", "frame", "header", "job", "started")
+
+    def __init__(
+        self,
+        header: Header,
+        codec: MessageCodec,
+        frame: HeaderParts | None,
+        context: CallContext,
+        job: Job,
+    ) -> None:
+        self.header = header
+        self.codec = codec
+        self.frame = frame
+        self.context = context
+        self.job = job
+        #: Its client sent a cancel for it (issue 13): dropped, never answered.
+        self.cancelled = False
+        #: Its task has begun (a task cancelled before that would skip its own clean-up).
+        self.started = False
+
+    def fault(self, kind: FaultKind, detail: str) -> bytes:
+        return self.codec.fault(self.header.name, self.header.seqid, kind, detail)
+
+
+_NO_CONTEXT = CallContext()
+
+
+class _PlainConnection(_Connection):
+    """A connection to the plaintext port: a TLS ClientHello as its first bytes (a client
+    with TLS on) closes it at once with one log line that says so, instead of being read as
+    a frame of several hundred MiB."""
+
+    _first = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._first and data:
+            self._first = False
+            if looks_like_tls(data):
+                self._server._protocol_error(
+                    self,
+                    "tls_on_plaintext",
+                    "it sent a TLS handshake to this plaintext port: turn TLS on here "
+                    "(--tls-cert, --tls-key) or off in the client",
+                )
+                return
+        super().data_received(data)
 
 
 class WorkerServer:
@@ -275,6 +436,7 @@ class WorkerServer:
             config.pool.kind,
             config.workers,
             config.limits.decode,
+            config.app_dir,
         )
         self.pool: Pool = pool if pool is not None else build_pool(config, self._factory)
         limits = config.limits
@@ -288,6 +450,14 @@ class WorkerServer:
         )
         self.metrics = WorkerMetrics(self.pool.stats, connections=self._connection_stats)
         self._codec = MessageCodec(config.protocol, config.limits.decode)
+        # Header frames name their protocol: a codec for each.
+        self._codecs = {
+            "binary": MessageCodec("binary", config.limits.decode),
+            "compact": MessageCodec("compact", config.limits.decode),
+        }
+        self._codecs[config.protocol] = self._codec
+        # A compressed call may inflate to what an uncompressed one may be.
+        self._header_limits = HeaderLimits(max_decompressed_size=config.limits.max_frame_size)
         self._connections: set[_Connection] = set()
         self._partial_bytes = 0
         # Connections holding a timed partial frame, the one that began longest ago first
@@ -295,9 +465,26 @@ class WorkerServer:
         self._timed: dict[_Connection, None] = {}
         self._calls: set[asyncio.Task[None]] = set()
         self._batchers: dict[str, Batcher] = {}
+        # Issue 16: async def and @inline methods run on this loop, on a handler instance of
+        # this process, under an admission bound of the pool's size (see docs/worker.md).
+        self._local: Dispatcher | None = None
+        self._loop_methods: frozenset[str] = frozenset()  # async def ones (a task each)
+        self._inline_methods: frozenset[str] = frozenset()  # @inline ones (answered in place)
+        self._loop_admission = Limiter(
+            config.workers + config.max_queued, name="calls on the worker's loop"
+        )
         self._server: asyncio.Server | None = None
+        # Item 2: whether calls' offloop-principal header is believed (mutual TLS or
+        # trust_principal); otherwise handlers see no principal.
+        self._trust_principal = config.trusts_principal
+        #: The TLS port's listener and certificates, and the admin port's (tls settings).
+        self._tls_listener: TLSListener | None = None
+        self._tls: list[ServerTLS] = []
         self._admin: AdminServer | None = None
         self._draining = False
+        #: What the admin port's probes report; the pool is wedged once it is seen stuck
+        #: for twice the longest a call may run (see offloop.worker.health).
+        self.health = WorkerHealth(self.pool.stats, stuck_after=2 * config.limits.call_timeout)
         self.port = config.listen.port
         self.admin_port: int | None = None
 
@@ -310,8 +497,17 @@ class WorkerServer:
 
         Raises:
             OffloopError, ImportError: the handler cannot start.
+            TLSConfigError: a TLS file is missing or unreadable, or its key does not match.
             OSError: a port cannot be bound.
         """
+        tls = self.config.tls
+        tls.check()
+        if self.config.admin.tls and not tls.enabled:
+            raise TLSConfigError("admin_tls needs tls_cert: the admin port uses its certificate")
+        if listen and tls.enabled:
+            # Read and check the certificate files before anything starts: a bad one fails
+            # start-up with the file's name and nothing to clean up.
+            self._tls.append(ServerTLS(tls, "worker"))
         batched = self._factory.batch_methods() if self.config.pool.batching else {}
         for name, (max_batch, max_wait) in batched.items():
             if name in self.service.methods:
@@ -319,46 +515,134 @@ class WorkerServer:
                     functools.partial(self._run_batch, name),
                     max_batch=max_batch,
                     max_wait=max_wait,
+                    slots=self.pool.workers,
+                    ready=self._pool_idle,
                 )
+        # Issue 16: methods that run on the loop need the handler in this process too.
+        on_loop = self._factory.loop_methods(
+            [m for m in self.service.methods if m not in self._batchers]
+        )
+        self._loop_methods = frozenset(m for m, kind in on_loop.items() if kind == "async")
+        self._inline_methods = frozenset(m for m, kind in on_loop.items() if kind == "inline")
+        if on_loop:
+            self._local = self._factory()
         await self.pool.start()
         if not listen:
+            self.health.started = True
             log.info("serving %s in memory", self.service.name)
             return
-        loop = asyncio.get_running_loop()
-        where = self.config.listen
-        self._server = await loop.create_server(
-            lambda: _Connection(self), where.host, where.port, backlog=where.backlog
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        try:
+            await self._listen()
+        except BaseException:
+            # Item 20: a port that cannot be bound leaves no certificate watcher behind.
+            for source in self._tls:
+                source.close()
+            self._tls.clear()
+            raise
+        self.health.started = True
         admin = self.config.admin
         if admin.port is not None:
-            self._admin = AdminServer(self.metrics.registry, self._healthy)
-            self.admin_port = await self._admin.start(admin.host, admin.port)
+            self._admin = AdminServer(
+                self.metrics.registry, live=self.health.live, ready=self.health.ready
+            )
+            tls = self.config.tls
+            if admin.tls:
+                # Probes and scrapers present no client certificate: none is asked for.
+                source = ServerTLS(dataclasses.replace(tls, client_ca=None), "admin")
+                self._tls.append(source)
+                self.admin_port = await self._admin.start(
+                    admin.host,
+                    admin.port,
+                    tls=source.front_door(),
+                    handshake_timeout=tls.handshake_timeout,
+                )
+            else:
+                self.admin_port = await self._admin.start(admin.host, admin.port)
+        where = self.config.listen
+        tls_on = self.config.tls
         log.info(
-            "serving %s on %s:%d (%s pool, %d workers, %s protocol)",
+            "serving %s on %s:%d (%s pool, %d workers, %s protocol%s)",
             self.service.name,
             where.host,
             self.port,
             self.config.pool.kind,
             self.config.workers,
             self.config.protocol,
+            (", mutual TLS" if tls_on.client_ca else ", TLS") if tls_on.enabled else "",
         )
+
+    async def _listen(self) -> None:
+        """Bind the Thrift port: plain TCP, or TLS through a :class:`TLSListener` (which
+        tells plaintext clients apart and answers them with a clear fault)."""
+        where = self.config.listen
+        tls = self.config.tls
+        if not tls.enabled:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: _PlainConnection(self), where.host, where.port, backlog=where.backlog
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            return
+        source = self._tls[0]  # made by start()
+        sock = listening_socket(where.host, where.port, where.backlog)
+        self._tls_listener = TLSListener(
+            sock,
+            source,
+            tls,
+            lambda: _Connection(self),
+            plaintext_reply=self._plaintext_reply,
+            max_frame_size=self.config.limits.max_frame_size,
+            on_error=lambda reason: self.metrics.protocol_errors.labels(reason).inc(),
+        )
+        self._tls_listener.start()
+        self.port = sock.getsockname()[1]
+
+    def _plaintext_reply(self, body: bytes) -> bytes | None:
+        """The frame that answers a plaintext call to the TLS port, in its framing: the
+        client's call fails with words that say why, instead of a reset."""
+        detail = (
+            "this worker's port requires TLS: the client connected without it "
+            "(on the gateway: --backend-tls-ca)"
+        )
+        try:
+            if is_header_frame(body):
+                frame = decode_header_frame(body, self._header_limits)
+                codec = self._codecs[frame.protocol.codec_name]
+                header = codec.read_header(frame.payload)
+            else:
+                frame, codec = None, self._codec
+                header = codec.read_header(body)
+        except RemoteProtocolError:
+            return None
+        if header.type != CALL:
+            return None
+        fault = codec.fault(header.name, header.seqid, FaultKind.INTERNAL, detail)
+        if frame is None:
+            return encode_frame(fault)
+        return encode_header_frame(frame.reply(fault))
 
     def connection(self) -> asyncio.Protocol:
         """A new server-side connection protocol, for a transport made elsewhere (the
         in-memory pair of :mod:`offloop.testing`); listening sockets make their own."""
         return _Connection(self)
 
-    def _healthy(self) -> bool:
-        return not self._draining and self.pool.stats().alive > 0
+    def begin_drain(self) -> None:
+        """Fail ``/readyz`` from now on while still serving every call: the first step of a
+        graceful stop, while load balancers and DNS stop sending calls here (the drain
+        delay, :func:`offloop.app.signals.drain_delay`). :meth:`shutdown` then stops
+        accepting and drains."""
+        self.health.draining = True
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight calls finish within ``grace`` seconds (default the
         configured grace), then close connections, the pool and the admin port."""
         grace = self.config.grace if grace is None else grace
+        self.health.draining = True
         self._draining = True
         if self._server is not None:
             self._server.close()
+        if self._tls_listener is not None:
+            await self._tls_listener.close()
         # Forming batches leave now; their calls drain within the grace period like the rest.
         for batcher in self._batchers.values():
             batcher.flush()
@@ -377,6 +661,8 @@ class WorkerServer:
         await self.pool.close()
         if self._admin is not None:
             await self._admin.close()
+        for source in self._tls:
+            source.close()
         log.info("worker stopped")
 
     # -- connections ---------------------------------------------------------------------
@@ -396,7 +682,17 @@ class WorkerServer:
     def _connection_lost(self, conn: _Connection) -> None:
         self._connections.discard(conn)
         self.metrics.connections.set(len(self._connections))
-        if conn.in_flight:
+        if conn.calls:
+            # Issue 13: a header connection's client that goes away has given up on its calls
+            # (offloop's actor-mode client resets its socket when it gives up on a call).
+            log.info(
+                "client %s disconnected with %d calls in progress: they are cancelled",
+                conn.peer,
+                len(conn.calls),
+            )
+            for seqid in list(conn.calls):
+                self._cancel(conn, seqid)
+        elif conn.in_flight:
             log.info(
                 "client %s disconnected with %d calls in flight; their replies are dropped",
                 conn.peer,
@@ -497,83 +793,229 @@ class WorkerServer:
         admission = self.pool.stats().admission
         return admission is not None and admission.borrowed >= admission.limit
 
-    def _on_frame(self, conn: _Connection, frame: bytes, *, refuse: bool = False) -> None:
-        started = time.perf_counter()
+    def _read_call(self, conn: _Connection, body: bytes) -> _Call | None:
+        """The call of a frame ``body``, in the framing of ``conn``; None (and ``conn``
+        closed) for a frame that is not one."""
+        header_frame = is_header_frame(body)
+        if conn.header is None:
+            conn.header = header_frame
+        elif conn.header is not header_frame:
+            kinds = ("a framed message", "a THeader frame")
+            self._protocol_error(
+                conn,
+                "mixed_framing",
+                f"{kinds[header_frame]} on a connection that began with {kinds[conn.header]}",
+            )
+            return None
+        frame: HeaderParts | None = None
+        codec = self._codec
+        context = _NO_CONTEXT
+        message = body
+        if header_frame:
+            try:
+                # Its parts, not a HeaderFrame: this runs for every call (issue 13's cost).
+                frame = split_header_frame(body, self._header_limits)
+            except HeaderError as exc:
+                self._protocol_error(conn, "header", str(exc))
+                return None
+            protocol, _, _, _, info, message = frame
+            codec = self._codecs[protocol.codec_name]
+            if info:
+                context = CallContext.from_headers(info, time.monotonic())
+                if context.principal is not None and not self._trust_principal:
+                    context = self._without_principal(conn, context)
         try:
-            header = self._codec.read_header(frame)
+            header = codec.read_header(message)
         except RemoteProtocolError as exc:
             self._protocol_error(conn, "garbage", str(exc))
+            return None
+        job: Job = message
+        if frame is not None and (context is not _NO_CONTEXT or codec is not self._codec):
+            job = CallJob(message, codec.protocol, context)
+        return _Call(header, codec, frame, context, job)
+
+    def _without_principal(self, conn: _Connection, context: CallContext) -> CallContext:
+        """Item 2: ``context`` without the principal an untrusted peer sent (the header
+        is dropped from its headers too); logged once per connection."""
+        if not conn.principal_ignored:
+            conn.principal_ignored = True
+            log.debug(
+                "ignoring offloop-principal from %s: the worker does not trust its peers "
+                "(no tls_client_ca, trust_principal off)",
+                conn.peer,
+            )
+        headers = {k: v for k, v in context.headers.items() if k != PRINCIPAL_HEADER}
+        return dataclasses.replace(context, principal=None, headers=headers)
+
+    def _on_frame(self, conn: _Connection, body: bytes, *, refuse: bool = False) -> None:
+        started = time.perf_counter()
+        call = self._read_call(conn, body)
+        if call is None:
             return
+        header = call.header
         if header.type not in (CALL, ONEWAY):
             self._protocol_error(
                 conn, "message_type", f"expected a call, got message type {header.type}"
             )
             return
+        if header.name == CANCEL_METHOD and call.frame is not None and header.type == ONEWAY:
+            self._cancel(conn, header.seqid)
+            return
+        if conn.early_cancels and header.seqid in conn.early_cancels:
+            conn.early_cancels.discard(header.seqid)  # cancelled while it was held back
+            self.metrics.observe(header.name, "cancelled", time.perf_counter() - started)
+            return
         if header.name not in self.service.methods:
-            log.warning("unknown method %r called by %s", header.name, conn.peer)
-            self.metrics.observe("<unknown>", "bad_request", time.perf_counter() - started)
-            conn.send(
-                self._codec.fault(
-                    header.name,
-                    header.seqid,
-                    FaultKind.UNKNOWN_METHOD,
-                    f"{header.name!r} is not a method of service {self.service.name}",
-                )
-            )
+            detail = f"{header.name!r} is not a method of service {self.service.name}"
+            if header.name != PROBE_METHOD or call.frame is None:
+                log.warning("unknown method %r called by %s", header.name, conn.peer)
+                self.metrics.observe("<unknown>", "bad_request", time.perf_counter() - started)
+            if header.type == CALL:  # item 27: a oneway call is never answered
+                conn.send(call.fault(FaultKind.UNKNOWN_METHOD, detail), call)
             return
         if self._draining:
             self.metrics.observe(header.name, "overloaded", time.perf_counter() - started)
-            conn.send(
-                self._codec.fault(
-                    header.name, header.seqid, FaultKind.SHUTTING_DOWN, "the worker is draining"
-                )
-            )
+            if header.type == CALL:  # item 27: a oneway call is never answered
+                conn.send(call.fault(FaultKind.SHUTTING_DOWN, "the worker is draining"), call)
             return
         if refuse:
             self.metrics.observe(header.name, "overloaded", time.perf_counter() - started)
             if header.type == CALL:
                 conn.send(
-                    self._codec.fault(
-                        header.name,
-                        header.seqid,
+                    call.fault(
                         FaultKind.OVERLOADED,
                         f"the pool is full and this connection holds its share "
                         f"({self.calls_per_connection} calls)",
-                    )
+                    ),
+                    call,
                 )
             return
+        if header.name in self._inline_methods:
+            self._answer_inline(conn, call, started)
+            return
         conn.in_flight += 1
-        task = asyncio.get_running_loop().create_task(
-            self._serve_call(conn, header, frame, started)
-        )
+        task = asyncio.get_running_loop().create_task(self._serve_call(conn, call, started))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
+        if call.frame is not None and header.type == CALL:
+            conn.calls[header.seqid] = (call, task)  # issue 13: a cancel may name it
 
-    async def _serve_call(
-        self, conn: _Connection, header: Header, frame: bytes, started: float
-    ) -> None:
+    async def _serve_call(self, conn: _Connection, call: _Call, started: float) -> None:
+        if call.context.request_id is not None:
+            REQUEST_ID.set(call.context.request_id)  # this task's own context: its log lines
+        call.started = True
         try:
-            outcome, reply = await self._dispatch(header, frame)
-            self.metrics.observe(header.name, outcome, time.perf_counter() - started)
-            if reply is not None and header.type == CALL:
-                conn.send(reply)
+            if call.cancelled:  # cancelled before its task began
+                raise asyncio.CancelledError
+            outcome, reply = await self._dispatch(call)
+            self.metrics.observe(call.header.name, outcome, time.perf_counter() - started)
+            if reply is not None and call.header.type == CALL:
+                conn.send(reply, call)
+        except asyncio.CancelledError:
+            if not call.cancelled:
+                raise
+            # Issue 13: its client gave up; nobody waits for an answer.
+            self.metrics.observe(call.header.name, "cancelled", time.perf_counter() - started)
         finally:
+            if call.frame is not None:
+                entry = conn.calls.get(call.header.seqid)
+                if entry is not None and entry[0] is call:
+                    del conn.calls[call.header.seqid]
             conn.call_done()  # may dispatch this connection's next frame
 
-    async def _run_batch(self, method: str, frames: list[bytes]) -> list[Any]:
+    # -- issue 13: cancellation ----------------------------------------------------------
+
+    def _is_cancel(self, body: bytes) -> bool:
+        """Whether the frame ``body`` is a cancel message (looked at only when its connection
+        is at its call bound; a frame that is not one, or not even valid, is left for
+        :meth:`_on_frame` to handle in turn)."""
+        if not is_header_frame(body):
+            return False
+        try:
+            frame = decode_header_frame(body, self._header_limits)
+            header = self._codecs[frame.protocol.codec_name].read_header(frame.payload)
+        except (HeaderError, RemoteProtocolError):
+            return False
+        return header.name == CANCEL_METHOD and header.type == ONEWAY
+
+    def _cancel(self, conn: _Connection, seqid: int) -> None:
+        """``conn``'s client gave up on its call ``seqid``: stop serving it. A queued call
+        leaves the pool's queue (or its forming batch) without running; a running one is
+        stopped where that is safe (a process-pool child is replaced, a thread-pool handler
+        sees :func:`offloop.cancelled`). Its answer is dropped. A seqid of no call in
+        progress (it just finished, or never was) is ignored."""
+        entry = conn.calls.pop(seqid, None)
+        if entry is None:
+            if len(conn.early_cancels) < len(conn._pending):
+                conn.early_cancels.add(seqid)  # the call may be held back: dropped when taken
+            else:
+                log.debug("cancel from %s for seqid %d: no such call", conn.peer, seqid)
+            return
+        call, task = entry
+        call.cancelled = True
+        if call.started:
+            task.cancel()  # else it sees call.cancelled as it begins
+
+    def _answer_inline(self, conn: _Connection, call: _Call, started: float) -> None:
+        """Run an ``@inline`` method's call right here, on the loop (issue 16): no task, no
+        hand-off; it holds no admission slot, as it ends before anything else runs."""
+        assert self._local is not None
+        outcome, reply = self._local.call_one(call.job)
+        self.metrics.observe(call.header.name, outcome, time.perf_counter() - started)
+        if reply is not None and call.header.type == CALL:
+            conn.send(reply, call)
+
+    def _pool_idle(self) -> bool:
+        """Whether a pool worker is idle: fewer jobs admitted than workers."""
+        stats = self.pool.stats()
+        if stats.admission is not None:
+            return stats.admission.borrowed < stats.workers
+        return stats.busy + stats.queued < stats.workers
+
+    async def _run_on_loop(self, call: _Call, timeout: float) -> Reply:
+        """Run an ``async def`` method's call on this loop, as a task (issue 16)."""
+        assert self._local is not None
+        if not self._loop_admission.try_acquire():
+            raise Overloaded(f"{self._loop_admission.limit} calls already run on the worker's loop")
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._local.call_on_loop(call.job)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"{call.header.name} did not finish within {timeout:.3g} s"
+            ) from None
+        finally:
+            self._loop_admission.release()
+
+    async def _run_batch(self, method: str, frames: list[Job]) -> list[Any]:
         self.metrics.batch_size.labels(method).observe(len(frames))
         return list(await self.pool.run(frames, timeout=self.config.limits.call_timeout))
 
-    async def _dispatch(self, header: Header, frame: bytes) -> Reply:
-        def fault(outcome: str, kind: FaultKind, detail: str) -> Reply:
-            return outcome, self._codec.fault(header.name, header.seqid, kind, detail)
+    async def _dispatch(self, call: _Call) -> Reply:
+        header = call.header
 
+        def fault(outcome: str, kind: FaultKind, detail: str) -> Reply:
+            return outcome, call.fault(kind, detail)
+
+        timeout = self.config.limits.call_timeout
+        at = call.context.deadline
+        if at is not None:
+            left = at - time.monotonic()
+            if left <= 0:
+                return fault(
+                    "expired",
+                    FaultKind.DEADLINE_EXCEEDED,
+                    "the call's deadline had passed when it arrived; it did not run",
+                )
+            timeout = min(timeout, left)
         try:
+            if header.name in self._loop_methods:
+                return await self._run_on_loop(call, timeout)
             batcher = self._batchers.get(header.name)
             if batcher is not None:
-                reply: Reply = await batcher.submit(frame)
+                reply: Reply = await batcher.submit(call.job)
                 return reply
-            (reply,) = await self.pool.run([frame], timeout=self.config.limits.call_timeout)
+            (reply,) = await self.pool.run([call.job], timeout=timeout)
             return reply
         except Overloaded as exc:
             return fault("overloaded", FaultKind.OVERLOADED, str(exc))

@@ -32,8 +32,8 @@ from offloop.errors import (
     Blame,
     BrokenError,
     ClosedError,
+    ConnectError,
     DeadlineExceeded,
-    NoBackendError,
     OffloopError,
     Overloaded,
     RemoteApplicationError,
@@ -323,8 +323,10 @@ def test_backend_killed_mid_call_then_back(tmp_path: Path) -> None:
                 (state,) = b.caller.backend_states()
                 assert not state.up
                 assert not b.caller.ready()
-                with pytest.raises(NoBackendError):
+                # No backend is up: the down one is tried anyway, and refuses the connect.
+                with pytest.raises(ConnectError) as refused:
                     await b.call("ping", msg="nobody home")
+                assert refused.value.blame is Blame.BACKEND
                 b.worker = await start_worker(port)
                 await wait_until_async(b.caller.ready, WAIT)
                 assert await b.call("ping", msg="back") == "back"
@@ -539,5 +541,50 @@ def test_gateway_in_actor_mode_end_to_end() -> None:
             await gateway.shutdown(grace=0)
             await worker.shutdown(0)
         assert not actor_threads()
+
+    run(main())
+
+
+class _Answers:
+    """A resolver that answers the addresses the test set last (no DNS server needed)."""
+
+    def __init__(self, answer: set[tuple[str, int]]) -> None:
+        self.answer = answer
+
+    async def resolve(self) -> tuple[frozenset[tuple[str, int]], float]:
+        return frozenset(self.answer), 60.0
+
+
+@pytest.mark.parametrize(("actors", "found", "each"), [(4, 10, None), (6, 2, 3)])
+def test_actors_found_by_dns_never_exceed_the_count(
+    actors: int, found: int, each: int | None
+) -> None:
+    # Item 7: a DNS answer of many backends must not multiply the threads.
+    from offloop.client.targets import DnsTarget
+
+    target = DnsTarget("workers.test", 9, ("127.0.0.1", 53))
+    # Port 9 (discard) on loopback addresses: nothing listens; the actors connect lazily.
+    answers = _Answers({(f"127.0.0.{n + 1}", 9) for n in range(found)})
+
+    async def main() -> None:
+        caller = ActorCaller(
+            {"TextLab": [target]}, actors=actors, health=FAST_HEALTH, resolver=lambda t: answers
+        )
+        await caller.start()
+        try:
+            # Both cases fill the cap: 4 of 10 backends get one; 2 backends get 3 each.
+            await wait_until_async(
+                lambda: caller.actor_count == actors and len(actor_threads()) == actors,
+                WAIT,
+            )
+            groups = caller._found
+            assert len(groups) == found
+            if each is not None:
+                assert [len(g.slots) for g in groups] == [each] * found
+            else:
+                assert sorted(len(g.slots) for g in groups) == [0] * (found - actors) + [1] * actors
+        finally:
+            await caller.close()
+        assert actor_threads() == []
 
     run(main())

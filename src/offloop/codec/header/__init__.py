@@ -26,6 +26,17 @@ includes the length prefix. Decoding is bounded by :class:`HeaderLimits` and cos
 in the frame's length, plus at most ``max_transforms * max_decompressed_size`` bytes of
 inflating.
 
+**The hot path.** Every call between offloop's tiers crosses this codec twice, so it has a
+second interface that makes no :class:`HeaderFrame`: :func:`split_header_frame` returns a
+frame's fields as a tuple (:data:`HeaderParts`), :func:`encode_header_message` encodes a
+frame from its fields and :func:`encode_header_reply` the answer to a frame kept as its parts
+(:meth:`HeaderFrame.encode_reply` for one kept as a frame). Both directions have a fast path
+for the common frame (no transform, an ASCII header section of one key/value block, lengths
+below 128) and fall back to the general code for anything else; the fast decoder returns a
+frame only where the general one returns the same frame, and refuses nothing itself (the
+general path raises the error), so every limit and error below holds for both
+(tests/codec/test_header_fast.py checks that the two agree on random and mutated frames).
+
 **One connection, either framing.** A framed message's body starts with the message itself: a
 strict binary message with 0x8001, a compact one with 0x82, an old non-strict binary one with a
 name length below the frame size limit. A header frame's body starts with 0x0FFF, which none
@@ -71,8 +82,15 @@ bytes; unframed header traffic (Apache detects unframed binary and compact clien
 is :class:`~offloop.codec.framing.FrameDecoder`'s ``UnframedMessage``).
 """
 
-from offloop.codec.header._decode import decode_header_frame
-from offloop.codec.header._frame import HeaderFrame, encode_header_frame, is_header_frame
+from offloop.codec.header._decode import decode_header_frame, split_header_frame
+from offloop.codec.header._frame import (
+    HeaderFrame,
+    HeaderParts,
+    encode_header_frame,
+    encode_header_message,
+    encode_header_reply,
+    is_header_frame,
+)
 from offloop.codec.header._wire import (
     HEADER_MAGIC,
     MAX_HEADER_SECTION_SIZE,
@@ -94,9 +112,13 @@ __all__ = [
     "HeaderFrame",
     "HeaderLimitExceeded",
     "HeaderLimits",
+    "HeaderParts",
     "HeaderProtocol",
     "HeaderTransform",
     "decode_header_frame",
     "encode_header_frame",
+    "encode_header_message",
+    "encode_header_reply",
     "is_header_frame",
+    "split_header_frame",
 ]

@@ -3,9 +3,10 @@ length."""
 
 from __future__ import annotations
 
+import struct
 import zlib
 
-from offloop.codec.header._frame import HeaderFrame
+from offloop.codec.header._frame import HeaderFrame, HeaderParts
 from offloop.codec.header._wire import (
     FIXED,
     HEADER_MAGIC,
@@ -21,7 +22,7 @@ from offloop.codec.header.limits import (
     HeaderLimits,
 )
 
-__all__ = ["decode_header_frame"]
+__all__ = ["HeaderParts", "decode_header_frame", "split_header_frame"]
 
 
 class _Section:
@@ -35,8 +36,15 @@ class _Section:
         self.end = end
         self.max_varint = max_varint
 
-    def varint(self, what: str) -> int:
+    def varint(self, what: str, suffix: str = "") -> int:
+        """The next varint; ``what`` and ``suffix`` name it in an error (joined only then:
+        this runs a dozen times a frame)."""
         body, start = self.body, self.pos
+        if start < self.end:
+            byte = body[start]
+            if byte < 0x80:  # one byte: nearly every varint of a header section
+                self.pos = start + 1
+                return byte
         stop = min(self.end, start + self.max_varint)
         result = shift = 0
         for pos in range(start, stop):
@@ -47,14 +55,16 @@ class _Section:
                 return result
             shift += 7
         if stop == self.end:
-            raise HeaderError(f"{what} runs past the end of the header section", start)
+            raise HeaderError(f"{what}{suffix} runs past the end of the header section", start)
         raise HeaderLimitExceeded(
-            "max_varint_length", f"{what} varint is longer than {self.max_varint} bytes", start
+            "max_varint_length",
+            f"{what}{suffix} varint is longer than {self.max_varint} bytes",
+            start,
         )
 
     def string(self, what: str, limit_name: str, limit: int) -> bytes:
         start = self.pos
-        size = self.varint(f"{what} length")
+        size = self.varint(what, " length")
         if size > limit:
             raise HeaderLimitExceeded(
                 limit_name, f"{what} of {size} bytes is over the limit of {limit}", start
@@ -70,6 +80,12 @@ class _Section:
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
+
+
+#: The fixed part, then the protocol id and transform count as the one-byte varints they are
+#: in a common frame (read only if the header section has them: words >= 1).
+_unpack_common = struct.Struct(FIXED.format + "BB").unpack_from
+_NO_TRANSFORMS: tuple[HeaderTransform, ...] = ()
 
 
 def decode_header_frame(body: bytes, limits: HeaderLimits = DEFAULT_HEADER_LIMITS) -> HeaderFrame:
@@ -89,6 +105,83 @@ def decode_header_frame(body: bytes, limits: HeaderLimits = DEFAULT_HEADER_LIMIT
             corrupt. :class:`HeaderLimitExceeded` (a subclass) for a frame past one of the
             ``limits``.
     """
+    return HeaderFrame._of(*split_header_frame(body, limits))
+
+
+def split_header_frame(body: bytes, limits: HeaderLimits = DEFAULT_HEADER_LIMITS) -> HeaderParts:
+    """:func:`decode_header_frame` without the :class:`HeaderFrame`: its fields as a tuple
+    (:data:`HeaderParts`), for the hot paths of clients and workers.
+
+    Raises:
+        HeaderError: as :func:`decode_header_frame`.
+    """
+    parts = _split_common(body, limits)
+    return _split_general(body, limits) if parts is None else parts
+
+
+def _split_common(body: bytes, limits: HeaderLimits) -> HeaderParts | None:
+    """The fast path: the frame of every offloop call and of Apache's clients by default (no
+    transform, an ASCII header section, so one-byte varints, at most one key/value block, then
+    zero padding), under limits that such a section cannot go past but by its size and count;
+    None for any other frame, which :func:`_split_general` then accepts or refuses.
+
+    It returns a frame only where the general path returns the same frame, and None wherever
+    that raises (tests/codec/test_header_fast.py checks this on random and mutated frames):
+    every read below either stays within the header section or moves ``pos`` past its end,
+    which is checked before anything is returned.
+    """
+    if len(body) < 12:  # the fixed part, the protocol id and the transform count
+        return None
+    magic, flags, seqid, words, protocol_id, transforms = _unpack_common(body)
+    end = 10 + words * 4
+    if magic != HEADER_MAGIC or transforms or not words or end > len(body):
+        return None
+    protocol = PROTOCOLS.get(protocol_id)
+    if protocol is None:
+        return None
+    section = body[12:end]  # the info headers: at least 2 bytes, as words >= 1
+    try:
+        # Every byte below 0x80: each varint is one byte, and the text's offsets are the bytes'.
+        text = section.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    size = words * 4
+    if (
+        size > limits.max_header_size
+        # Keys and values are fewer bytes than their section: max_info_bytes cannot bind.
+        or size > limits.max_info_bytes
+        # Nor can these, as a one-byte varint is at most 0x7F.
+        or limits.max_key_length < 0x7F
+        or limits.max_value_length < 0x7F
+    ):
+        return None
+    headers: dict[str, str] = {}
+    pos = 0
+    if section[0] == INFO_KEY_VALUE:
+        count = section[1]
+        if count > limits.max_info_headers:
+            return None
+        pos = 2
+        try:
+            for _ in range(count):
+                n = section[pos]
+                at = pos + 1 + n
+                key = text[pos + 1 : at]
+                n = section[at]
+                pos = at + 1 + n
+                headers[key] = text[at + 1 : pos]
+        except IndexError:  # a length byte past the section's end
+            return None
+        if pos > len(section):  # a key or value past it
+            return None
+    # The rest of the section must be padding: zeros (anything else, the general path).
+    if pos < len(section) and section.count(0, pos) != len(section) - pos:
+        return None
+    return protocol, flags, seqid, _NO_TRANSFORMS, headers, body[end:]
+
+
+def _split_general(body: bytes, limits: HeaderLimits) -> HeaderParts:
+    """Any frame: every case the format allows, every limit and every error."""
     if len(body) < FIXED.size:
         raise HeaderError(
             f"frame of {len(body)} bytes is shorter than the {FIXED.size}-byte fixed header", 0
@@ -167,14 +260,7 @@ def decode_header_frame(body: bytes, limits: HeaderLimits = DEFAULT_HEADER_LIMIT
     payload = body[end:]
     for _ in reversed(transforms):  # zlib is the only transform
         payload = _inflate(payload, limits.max_decompressed_size, end)
-    return HeaderFrame(
-        protocol=protocol,
-        flags=flags,
-        seqid=seqid,
-        transforms=tuple(transforms),
-        headers=headers,
-        payload=payload,
-    )
+    return protocol, flags, seqid, tuple(transforms), headers, payload
 
 
 def _check_padding(body: bytes, start: int, end: int) -> None:

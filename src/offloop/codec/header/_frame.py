@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from offloop.codec.header._wire import (
     FIXED,
@@ -21,7 +23,19 @@ from offloop.codec.header._wire import (
 )
 from offloop.errors import LocalProtocolError
 
-__all__ = ["HeaderFrame", "encode_header_frame", "is_header_frame"]
+__all__ = [
+    "HeaderFrame",
+    "HeaderParts",
+    "encode_header_frame",
+    "encode_header_message",
+    "encode_header_reply",
+    "is_header_frame",
+]
+
+#: A header frame's fields, in :class:`HeaderFrame`'s order: protocol, flags, seqid,
+#: transforms, info headers, payload (untransformed). What the hot paths pass around instead
+#: of a :class:`HeaderFrame` (:func:`~offloop.codec.header.split_header_frame`).
+HeaderParts = tuple[HeaderProtocol, int, int, tuple[HeaderTransform, ...], dict[str, str], bytes]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,9 +63,14 @@ class HeaderFrame:
     payload: bytes = b""
 
     def __post_init__(self) -> None:
-        # Raises ValueError for an unknown id.
-        object.__setattr__(self, "protocol", HeaderProtocol(self.protocol))
-        object.__setattr__(self, "transforms", tuple(HeaderTransform(t) for t in self.transforms))
+        # Raises ValueError for an unknown id. (Skipped for enums already: the decoder's.)
+        if type(self.protocol) is not HeaderProtocol:
+            object.__setattr__(self, "protocol", HeaderProtocol(self.protocol))
+        if self.transforms and not all(type(t) is HeaderTransform for t in self.transforms):
+            transforms = tuple(HeaderTransform(t) for t in self.transforms)
+            object.__setattr__(self, "transforms", transforms)
+        elif type(self.transforms) is not tuple:
+            object.__setattr__(self, "transforms", tuple(self.transforms))
         if not 0 <= self.flags <= 0xFFFF:
             raise ValueError(f"flags {self.flags} do not fit 16 bits")
         if not I32_MIN <= self.seqid <= I32_MAX:
@@ -80,6 +99,74 @@ class HeaderFrame:
             headers=dict(headers or {}),
             payload=payload,
         )
+
+    def encode_reply(
+        self,
+        payload: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        transforms: tuple[HeaderTransform, ...] | None = None,
+    ) -> bytes:
+        """``encode_header_frame(self.reply(payload, headers, transforms=transforms))``,
+        without making the reply's :class:`HeaderFrame`: a worker's hot path."""
+        return encode_header_message(
+            payload,
+            self.seqid,
+            headers,
+            protocol=self.protocol,
+            flags=self.flags,
+            transforms=self.transforms if transforms is None else transforms,
+        )
+
+    def parts(self) -> HeaderParts:
+        """This frame's fields as a tuple: what :func:`split_header_frame` returns."""
+        return (
+            self.protocol,
+            self.flags,
+            self.seqid,
+            self.transforms,
+            self.headers,
+            self.payload,
+        )
+
+    @classmethod
+    def _of(
+        cls,
+        protocol: HeaderProtocol,
+        flags: int,
+        seqid: int,
+        transforms: tuple[HeaderTransform, ...],
+        headers: dict[str, str],
+        payload: bytes,
+    ) -> HeaderFrame:
+        """A frame of fields the decoder has checked already: without ``__post_init__``,
+        and without the frozen dataclass's ``object.__setattr__`` per field (a third of
+        decoding a small frame)."""
+        frame = _new(cls)
+        _set_protocol(frame, protocol)
+        _set_flags(frame, flags)
+        _set_seqid(frame, seqid)
+        _set_transforms(frame, transforms)
+        _set_headers(frame, headers)
+        _set_payload(frame, payload)
+        return frame
+
+
+_new = object.__new__
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
+    """The setter of slot ``name``, which a frozen dataclass's __setattr__ does not guard."""
+    setter: Callable[[object, Any], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_set_protocol = _slot_setter(HeaderFrame, "protocol")
+_set_flags = _slot_setter(HeaderFrame, "flags")
+_set_seqid = _slot_setter(HeaderFrame, "seqid")
+_set_transforms = _slot_setter(HeaderFrame, "transforms")
+_set_headers = _slot_setter(HeaderFrame, "headers")
+_set_payload = _slot_setter(HeaderFrame, "payload")
 
 
 def is_header_frame(body: bytes) -> bool:
@@ -126,18 +213,131 @@ def encode_header_frame(frame: HeaderFrame) -> bytes:
             holds a surrogate that does not stand for a byte (see :mod:`offloop.codec.header`).
         TypeError: a key or value is not a ``str``.
     """
-    payload = frame.payload
-    for _ in frame.transforms:  # zlib is the only transform
+    return encode_header_message(
+        frame.payload,
+        frame.seqid,
+        frame.headers,
+        protocol=frame.protocol,
+        flags=frame.flags,
+        transforms=frame.transforms,
+    )
+
+
+class _Uncommon(Exception):
+    """A frame the fast encoder leaves to the general one."""
+
+
+_encode = str.encode
+#: Keys seen, as on the wire (their length, then their bytes): a call's keys are nearly
+#: always the same few. Bounded: past it, keys are encoded each time.
+_KEYS: dict[str, bytes] = {}
+_MAX_KEYS = 256
+
+
+def _key(key: str) -> bytes:
+    """A key as on the wire, with a one-byte length; remembered while there is room."""
+    data = _encode(key, "utf-8", "surrogateescape")
+    if len(data) > 0x7F:
+        raise _Uncommon
+    data = bytes((len(data),)) + data
+    if type(key) is str and len(_KEYS) < _MAX_KEYS:
+        _KEYS[key] = data
+    return data
+
+
+#: The whole fixed part, length prefix included: length, magic, flags, seqid, header words.
+_PREFIX = struct.Struct("!IHHiH")
+_pack_prefix = _PREFIX.pack
+_PADDING = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
+#: The header section of a frame with no transform and no info header, by protocol id.
+_BARE_SECTION = {int(p): bytes((p, 0, 0, 0)) for p in HeaderProtocol}
+
+
+def encode_header_reply(
+    request: HeaderParts, payload: bytes, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """The frame answering ``request`` (a frame's parts, as :func:`split_header_frame` gives
+    them), encoded: :meth:`HeaderFrame.encode_reply` for a frame kept as its parts, a
+    worker's hot path."""
+    protocol, flags, seqid, transforms, _, _ = request
+    return encode_header_message(
+        payload, seqid, headers, protocol=protocol, flags=flags, transforms=transforms
+    )
+
+
+def encode_header_message(
+    payload: bytes,
+    seqid: int,
+    headers: Mapping[str, str] | None = None,
+    *,
+    protocol: HeaderProtocol = HeaderProtocol.BINARY,
+    flags: int = 0,
+    transforms: tuple[HeaderTransform, ...] = (),
+) -> bytes:
+    """:func:`encode_header_frame` of a frame of these fields, without making the
+    :class:`HeaderFrame` (a client's and a worker's hot path). The fields are not
+    validated as :class:`HeaderFrame` validates them: ``protocol`` must be a
+    :class:`HeaderProtocol`, ``flags`` 16 bits and ``seqid`` a signed 32-bit int
+    (``struct.error`` otherwise).
+
+    Raises:
+        LocalProtocolError: as :func:`encode_header_frame`.
+        TypeError: a key or value is not a ``str``.
+    """
+    if transforms:
+        return _encode_general(payload, seqid, headers, protocol, flags, transforms)
+    section: bytes | bytearray
+    if headers:
+        # The common frame: one-byte varints (lengths and count below 128), which keeps the
+        # section far below MAX_PORTABLE_HEADER_SECTION.
+        if len(headers) > 0x7F:
+            return _encode_general(payload, seqid, headers, protocol, flags, transforms)
+        section = bytearray((protocol, 0, INFO_KEY_VALUE, len(headers)))
+        try:
+            for key, value in headers.items():
+                k = _KEYS.get(key) if type(key) is str else None
+                if k is None:
+                    k = _key(key)
+                # str.encode, not value.encode: a TypeError for what is not a str.
+                v = _encode(value, "utf-8", "surrogateescape")
+                if len(v) > 0x7F:
+                    raise _Uncommon
+                section += k
+                section.append(len(v))
+                section += v
+        except (_Uncommon, TypeError, UnicodeEncodeError):
+            return _encode_general(payload, seqid, headers, protocol, flags, transforms)
+        section += _PADDING[-len(section) % 4]
+    else:
+        section = _BARE_SECTION[protocol]
+    size = 10 + len(section) + len(payload)
+    if size > MAX_FRAME_SIZE:
+        return _encode_general(payload, seqid, headers, protocol, flags, transforms)
+    return b"".join(
+        (_pack_prefix(size, HEADER_MAGIC, flags, seqid, len(section) // 4), section, payload)
+    )
+
+
+def _encode_general(
+    payload: bytes,
+    seqid: int,
+    headers: Mapping[str, str] | None,
+    protocol: HeaderProtocol,
+    flags: int,
+    transforms: tuple[HeaderTransform, ...],
+) -> bytes:
+    """Any frame, with every check and error."""
+    for _ in transforms:  # zlib is the only transform
         payload = zlib.compress(payload)
     header = bytearray()
-    _put_varint(header, frame.protocol)
-    _put_varint(header, len(frame.transforms))
-    for transform in frame.transforms:
+    _put_varint(header, protocol)
+    _put_varint(header, len(transforms))
+    for transform in transforms:
         _put_varint(header, transform)
-    if frame.headers:
+    if headers:
         _put_varint(header, INFO_KEY_VALUE)
-        _put_varint(header, len(frame.headers))
-        for key, value in frame.headers.items():
+        _put_varint(header, len(headers))
+        for key, value in headers.items():
             _put_string(header, "key", key)
             _put_string(header, "value", value)
     header += bytes(-len(header) % 4)
@@ -149,5 +349,5 @@ def encode_header_frame(frame: HeaderFrame) -> bytes:
     size = FIXED.size + len(header) + len(payload)
     if size > MAX_FRAME_SIZE:
         raise LocalProtocolError(f"header frame of {size} bytes is over 0x3FFFFFFF bytes")
-    fixed = FIXED.pack(HEADER_MAGIC, frame.flags, frame.seqid, len(header) // 4)
+    fixed = FIXED.pack(HEADER_MAGIC, flags, seqid, len(header) // 4)
     return b"".join((LEN.pack(size), fixed, header, payload))

@@ -23,9 +23,9 @@ Thrift                        JSON out (``value_to_json``)            JSON in (`
 ``binary``                    base64 string (standard alphabet,       the same, strictly checked
                               padded)
 enum                          its name (unknown values: the integer)  name or integer value
-struct, exception             object by field name; unset (``None``)  the same; unknown field and
-                              fields left out                         missing required field are
-                                                                      errors; ``null`` is absent;
+struct, exception             object by field name; unset (``None``)  the same; unknown field,
+                              fields left out; a ``required`` one     missing required field and
+                              unset is an error (``ReplyBreaksIdl``)  ``null`` are errors;
                                                                       defaults applied
 ``list``                      array                                   array
 ``set``                       array, sorted where sortable            array (duplicates merge)
@@ -34,6 +34,14 @@ struct, exception             object by field name; unset (``None``)  the same; 
 ``map``, key integer          object keyed by decimal string          the same, range-checked
 ``map``, any other key        array of ``[key, value]`` pairs         the same
 ============================  ======================================  ===========================
+
+A method's arguments (:func:`args_from_json`) follow the struct rule, but for which must be
+given: every argument unless the IDL marks it ``optional`` or gives it a default
+(:func:`offloop.idl_requiredness.required_arguments`). Struct fields must be given where the
+IDL marks them ``required`` (what Thrift's own readers check); the same rule holds on the way
+out, where a reply missing one raises :class:`ReplyBreaksIdl`. ``null`` is never a value:
+leave an optional argument or field out instead. :mod:`offloop.gateway.openapi` says the same
+(its ``required`` lists; no schema of an argument or a field allows ``null``).
 
 Typedefs need nothing: thriftpy2 resolves them when it parses the IDL.
 
@@ -63,7 +71,12 @@ from offloop.codec.jsonmap._api import (
     value_from_json,
     value_to_json,
 )
-from offloop.codec.jsonmap._errors import MAX_DEPTH, JsonEncodeError, JsonMappingError
+from offloop.codec.jsonmap._errors import (
+    MAX_DEPTH,
+    JsonEncodeError,
+    JsonMappingError,
+    ReplyBreaksIdl,
+)
 from offloop.codec.jsonmap._parse import JsonSyntaxError, parse_json
 from offloop.codec.jsonmap._specs import (
     MapForm,
@@ -81,6 +94,7 @@ __all__ = [
     "JsonSyntaxError",
     "MapForm",
     "Outcome",
+    "ReplyBreaksIdl",
     "args_from_json",
     "args_to_json",
     "is_enum",

@@ -107,8 +107,9 @@ def struct_to_json(obj: Any) -> dict[str, Any]:
 def args_from_json(method: MethodInfo, obj: object) -> Any:
     """Build the ``<method>_args`` struct from a decoded JSON object of named arguments.
 
-    Missing optional arguments take their IDL default (``None`` where there is none); a JSON
-    ``null`` counts as missing.
+    An argument must be given unless the IDL marks it ``optional`` or gives it a default
+    (:func:`offloop.idl_requiredness.required_arguments`); one left out takes its default, or
+    is unset (``None``). ``null`` is no value: refused for every argument and field.
 
     Args:
         method: the method called.
@@ -119,7 +120,7 @@ def args_from_json(method: MethodInfo, obj: object) -> Any:
 
     Raises:
         JsonMappingError: the body is not an object, names an unknown argument, lacks a
-            required one, or holds a value that does not fit; ``path`` starts with
+            required one, holds ``null``, or a value that does not fit; ``path`` starts with
             ``argument`` (e.g. ``argument.xtructs[2].i32_thing``).
     """
     codec = compiled_struct(method.args_cls, arguments=True)
@@ -179,7 +180,8 @@ def result_to_json(method: MethodInfo, result_struct: Any) -> Outcome:
     Raises:
         RemoteProtocolError: a non-void method's reply carries neither a result nor a declared
             exception (Thrift's ``MISSING_RESULT``); :class:`JsonEncodeError` (a subclass)
-            when the result cannot be shown as JSON.
+            when the result cannot be shown as JSON, and its :class:`ReplyBreaksIdl` when a
+            struct in it lacks a field the IDL marks ``required``.
     """
     if method.oneway:
         return Outcome("success", None)

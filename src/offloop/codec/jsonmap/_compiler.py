@@ -24,6 +24,7 @@ from offloop.codec.jsonmap._containers import (
 from offloop.codec.jsonmap._errors import (
     MAX_DEPTH,
     Fault,
+    MissingRequired,
     fault_at,
     field_segment,
     show,
@@ -55,6 +56,7 @@ from offloop.codec.jsonmap._specs import (
     split_elem_spec,
     split_field_spec,
 )
+from offloop.idl_requiredness import required_arguments
 
 __all__ = ["compiled", "compiled_struct"]
 
@@ -85,6 +87,7 @@ class _StructCodec:
         "noun",
         "owner",
         "required",
+        "required_out",
     )
 
     def __init__(self, cls: Any, *, arguments: bool) -> None:
@@ -96,6 +99,8 @@ class _StructCodec:
         self.encoders: tuple[tuple[str, Enc], ...] = ()
         self.encoder_map: dict[str, Enc] = {}
         self.required: tuple[str, ...] = ()
+        # The fields the IDL marks required: a value to encode that lacks one breaks the IDL.
+        self.required_out: frozenset[str] = frozenset()
         self.fresh_defaults: tuple[tuple[str, Any], ...] = ()
 
     def build(self, pending: dict[Any, _StructCodec]) -> None:
@@ -110,6 +115,11 @@ class _StructCodec:
             encoders.append((name, enc))
             if field[-1] is True:
                 required.append(name)
+        self.required_out = frozenset(required)
+        if self.noun == "argument":
+            # An argument must be sent unless the IDL marks it optional or gives it a
+            # default; thriftpy2 cannot tell "optional" from the default requiredness.
+            required = list(required_arguments(self.cls))
         # thriftpy2's generated __init__ shares one default object among all instances; a
         # mutable default ([] or a struct) is copied so that decoded values never alias.
         fresh = tuple(
@@ -139,7 +149,9 @@ class _StructCodec:
                     f"unknown {self.noun} ({self.owner} has: {', '.join(decoders) or 'none'})",
                 )
             if item is None:
-                continue
+                if key in self.required:
+                    raise fault_at("." + key, f"required {self.noun} is null")
+                raise fault_at("." + key, f"null is not a value; leave the {self.noun} out")
             try:
                 kwargs[key] = dec(item, depth)
             except Fault as fault:
@@ -147,8 +159,7 @@ class _StructCodec:
                 raise
         for name in self.required:
             if name not in kwargs:
-                state = "null" if name in value else "missing"
-                raise fault_at("." + name, f"required {self.noun} is {state}")
+                raise fault_at("." + name, f"required {self.noun} is missing")
         for name, default in self.fresh_defaults:
             if name not in kwargs:
                 kwargs[name] = copy.deepcopy(default)
@@ -163,6 +174,10 @@ class _StructCodec:
             item = getattr(obj, name, None)
             if item is not None:
                 out[name] = enc(item, depth)
+            elif name in self.required_out:
+                # A reply that breaks the IDL must not pass as a good one. Looked up only
+                # for unset fields, so a value with every field set pays nothing for it.
+                raise MissingRequired(self.owner, name)
         return out
 
 

@@ -18,6 +18,8 @@ __all__ = [
     "Fault",
     "JsonEncodeError",
     "JsonMappingError",
+    "MissingRequired",
+    "ReplyBreaksIdl",
     "encode_error",
     "fault_at",
     "field_segment",
@@ -53,6 +55,22 @@ class JsonEncodeError(RemoteProtocolError):
     of its declared type."""
 
 
+class ReplyBreaksIdl(JsonEncodeError):
+    """A peer's value leaves out a field its IDL marks ``required``: the reply breaks the
+    contract, and must not pass as a good one.
+
+    Attributes:
+        struct: the Thrift name of the struct (or exception) missing the field.
+        field: the name of the field.
+    """
+
+    def __init__(self, what: str, struct: str, field: str) -> None:
+        public = f"reply breaks the IDL: required field {struct}.{field} is missing"
+        super().__init__(f"{what}: {public}", public_message=public)
+        self.struct = struct
+        self.field = field
+
+
 class Fault(Exception):
     """Raised inside the codecs; each container on the way out adds its path segment.
 
@@ -66,6 +84,15 @@ class Fault(Exception):
 
     def path(self, root: str) -> str:
         return root + "".join(reversed(self.segments))
+
+
+class MissingRequired(Fault):
+    """Raised while encoding a struct whose ``required`` field is unset (``None``)."""
+
+    def __init__(self, struct: str, field: str) -> None:
+        super().__init__(f"required field {struct}.{field} is missing")
+        self.struct = struct
+        self.field = field
 
 
 def show(value: Any) -> str:
@@ -102,6 +129,8 @@ def too_deep() -> Fault:
 
 
 def encode_error(what: str, exc: Exception) -> JsonEncodeError:
+    if isinstance(exc, MissingRequired):
+        return ReplyBreaksIdl(what, exc.struct, exc.field)
     if isinstance(exc, Fault):
         return JsonEncodeError(f"cannot show {what} as JSON: {exc.reason}")
     return JsonEncodeError(f"cannot show {what} as JSON: {type(exc).__name__}: {exc}")

@@ -1,11 +1,14 @@
 /*
- * The gateway's interactive docs: reads /openapi.json from this gateway, lists every
+ * The gateway's interactive docs: reads openapi.json from this gateway, lists every
  * operation with its description, arguments, result and declared exceptions, lets a user send
  * a request to it from the page, and lists the types (structs, exceptions, enums) at the end.
  *
  * Plain JavaScript, no framework and nothing loaded from elsewhere: the page must work on a
  * host with no internet access. Text from the document or from responses is only ever set
  * with textContent, never parsed as HTML.
+ *
+ * Every URL is relative to the page's own: the gateway may be mounted under a prefix, or
+ * served behind a proxy that strips one, and the page is at <prefix>/docs either way.
  */
 (function () {
   "use strict";
@@ -14,6 +17,12 @@
   var SCHEMAS = "#/components/schemas/";
   var JSON_TYPE = "application/json";
   var doc = null;
+  // The gateway's root as the browser sees it: the page is <root>/docs.
+  var BASE = new URL(".", window.location.href);
+
+  function url(path) {
+    return new URL(path.replace(/^\/+/, ""), BASE).href;
+  }
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -421,8 +430,26 @@
     out.box.hidden = false;
   }
 
+  // -- the credential (authentication on: --auth-api-keys, --auth-jwt-key-file...) -----
+
+  // The API key or JWT typed in the page's credential box, sent as a bearer credential with
+  // openapi.json and every call; kept for the browser tab's session only.
+  var credentialInput = document.getElementById("credential");
+  if (credentialInput) credentialInput.value = sessionStorage.getItem("offloop-credential") || "";
+
+  function authorize(headers) {
+    var value = credentialInput ? credentialInput.value.trim() : "";
+    if (value) headers["authorization"] = "Bearer " + value;
+    return headers;
+  }
+
+  function showCredentialBox() {
+    var box = document.getElementById("auth");
+    if (box) box.hidden = false;
+  }
+
   function send(method, path, textarea, timeoutInput, out, button) {
-    var init = { method: method.toUpperCase(), headers: {} };
+    var init = { method: method.toUpperCase(), headers: authorize({}) };
     if (textarea) {
       init.headers["content-type"] = JSON_TYPE;
       init.body = textarea.value;
@@ -432,7 +459,7 @@
     }
     var started = performance.now();
     button.disabled = true;
-    fetch(path, init)
+    fetch(url(path), init)
       .then(function (response) {
         return response.text().then(function (text) {
           showResponse(out, response.status, started, response, text);
@@ -514,21 +541,18 @@
   function typeCard(name, schema, exceptions) {
     var kind = "struct";
     var strings = null;
-    if (Array.isArray(schema.oneOf) && !schema.properties) {
+    var ints = [];
+    if (Array.isArray(schema["enum"]) && !schema.properties) {
+      // An enum: its names, and each name's integer beside them (x-enum-values).
       kind = "enum";
-      schema.oneOf.forEach(function (s) {
-        if (s && s.type === "string" && Array.isArray(s["enum"])) strings = s["enum"];
-      });
+      strings = schema["enum"];
+      if (Array.isArray(schema["x-enum-values"])) ints = schema["x-enum-values"];
     } else if (exceptions[name]) {
       kind = "exception";
     }
     var heading = [el("code", { text: name }), " ", el("span", { className: "kind", text: kind })];
     var parts = [el("h3", {}, heading), schema.description ? prose(schema.description) : null];
     if (kind === "enum") {
-      var ints = [];
-      schema.oneOf.forEach(function (s) {
-        if (s && s.type === "integer" && Array.isArray(s["enum"])) ints = s["enum"];
-      });
       var rows = (strings || []).map(function (value, i) {
         var number = i < ints.length ? String(ints[i]) : "";
         return [el("td", {}, [el("code", { text: value })]), el("td", { text: number })];
@@ -580,7 +604,7 @@
     document.getElementById("title").textContent = title;
     info.textContent = "";
     info.appendChild(el("span", { text: (version ? "version " + version : title) + " \u00b7 " }));
-    info.appendChild(el("a", { href: "/openapi.json", text: "openapi.json" }));
+    info.appendChild(el("a", { href: url("openapi.json"), text: "openapi.json" }));
     info.appendChild(el("span", { text: " \u00b7 OpenAPI " + (doc.openapi || "?") }));
     var intro = document.getElementById("intro");
     if (doc.info && doc.info.description) {
@@ -627,18 +651,33 @@
     if (target) target.scrollIntoView();
   }
 
-  fetch("/openapi.json")
-    .then(function (response) {
-      if (!response.ok) throw new Error("/openapi.json answered " + response.status);
-      return response.json();
-    })
-    .then(function (json) {
-      doc = json;
-      render();
-    })
-    .catch(function (err) {
-      var info = document.getElementById("info");
-      info.textContent = "Cannot load /openapi.json: " + err;
-      info.className = "error";
+  function load() {
+    fetch(url("openapi.json"), { headers: authorize({}) })
+      .then(function (response) {
+        if (response.status === 401) showCredentialBox();
+        if (!response.ok) throw new Error("openapi.json answered " + response.status);
+        return response.json();
+      })
+      .then(function (json) {
+        doc = json;
+        var schemes = (doc.components && doc.components.securitySchemes) || {};
+        if (Object.keys(schemes).length) showCredentialBox();
+        var info = document.getElementById("info");
+        info.className = "";
+        render();
+      })
+      .catch(function (err) {
+        var info = document.getElementById("info");
+        info.textContent = "Cannot load openapi.json: " + err;
+        info.className = "error";
+      });
+  }
+
+  if (credentialInput) {
+    credentialInput.addEventListener("change", function () {
+      sessionStorage.setItem("offloop-credential", credentialInput.value.trim());
+      load();
     });
+  }
+  load();
 })();
