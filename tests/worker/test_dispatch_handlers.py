@@ -25,7 +25,8 @@ from thriftpy2.thrift import TApplicationException
 import offloop
 from offloop.codec.message import MessageCodec
 from offloop.idl import load_idl, service_info
-from offloop.worker.dispatch import Dispatcher, DispatcherFactory, HandlerError, load_handler
+from offloop.worker.dispatch import Dispatcher, DispatcherFactory
+from offloop.worker.handler_loading import HandlerError, load_handler
 
 SHOP_IDL = """\
 struct Item {

@@ -55,8 +55,9 @@ from offloop.codec.framing import encode_frame
 from offloop.codec.message import MessageCodec, ProtocolName
 from offloop.idl import load_idl, service_info
 from offloop.runtime.processpool import ProcessPool, WorkerStartError
-from offloop.worker.dispatch import Dispatcher, DispatcherFactory, _StringCheck
+from offloop.worker.dispatch import Dispatcher, DispatcherFactory
 from offloop.worker.server import default_calls_per_connection
+from offloop.worker.string_check import StringCheck
 
 StartWorker = Callable[..., ServerThread]
 
@@ -558,7 +559,7 @@ def nested(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_the_string_check_names_the_path_and_ignores_binary(nested: Any) -> None:
-    check = _StringCheck()
+    check = StringCheck()
     walk, plain = nested.Nested.walk_args, nested.Nested.plain_args
     check.prepare(walk)
     check.prepare(plain)

@@ -48,7 +48,7 @@ from offloop.errors import OffloopError
 from offloop.gateway.config import GatewayConfig
 from offloop.logs import LOG_FORMAT, LogConfig, configure_logging
 from offloop.worker.config import WorkerConfig
-from offloop.worker.dispatch import HandlerError
+from offloop.worker.handler_loading import HandlerError
 
 __all__ = ["LOG_FORMAT", "Invocation", "build_parser", "main", "parse"]
 

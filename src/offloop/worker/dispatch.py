@@ -16,7 +16,7 @@ A string argument that is not valid UTF-8 is a bad request too, though it decode
 then hands the handler ``bytes`` where the IDL says ``string``, and the handler's failure
 (a traceback, ``internal error``) would blame the server for the caller's bytes. After
 thriftpy2 has decoded the arguments, only the IDL's string-typed places can hold such
-``bytes``, so a plan made once per method (:class:`_StringCheck`) looks there and nowhere
+``bytes``, so a plan made once per method (:class:`StringCheck`) looks there and nowhere
 else; a method without strings costs nothing. Bad requests are the caller's fault, so they are
 logged at DEBUG, and at WARNING at most once per :data:`BAD_REQUEST_LOG_INTERVAL` seconds,
 never with a traceback.
@@ -37,38 +37,39 @@ set (it carries several); its calls whose deadline passed leave it before it run
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import os
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from thriftpy2.thrift import TApplicationException, TType
+from thriftpy2.thrift import TApplicationException
 
 from offloop.batching import batch_options
 from offloop.codec.faults import FaultKind
 from offloop.codec.guard import DEFAULT_LIMITS, DecodeLimits
 from offloop.codec.message import Header, MessageCodec, ProtocolName
 from offloop.context import CallContext
-from offloop.errors import Blame, DeadlineExceeded, OffloopError, RemoteProtocolError
+from offloop.errors import DeadlineExceeded, RemoteProtocolError
 from offloop.idl import MethodInfo, ServiceInfo, load_idl, service_info
 from offloop.inline import loop_methods
+from offloop.worker.handler_loading import (
+    HandlerError,
+    describe_failure,
+    import_handler,
+    load_handler,
+)
+from offloop.worker.string_check import StringCheck
 
 __all__ = [
     "OUTCOMES",
     "CallJob",
     "Dispatcher",
     "DispatcherFactory",
-    "HandlerError",
     "Reply",
-    "load_handler",
-    "use_app_dir",
 ]
 
 log = logging.getLogger("offloop.worker")
@@ -144,233 +145,6 @@ class _RateLimitedWarning:
             log.warning("%s", message)
 
 
-# -- strings that are not UTF-8 --------------------------------------------------------------
-
-# Where strings can be in a value of one IDL type: ("s",) a string; ("list", elem) and
-# ("set", elem); ("map", key, value), either None if it holds no string; ("struct", cls).
-_Plan = tuple[Any, ...]
-_STRING_PLAN: _Plan = ("s",)
-
-
-class _StringCheck:
-    """Finds a value of a string-typed place that thriftpy2 left as ``bytes`` (it does so
-    when the bytes are not UTF-8) in a decoded struct, and names its path.
-
-    Plans are made once per struct class from its ``thrift_spec`` and cover only the places
-    that can hold strings (``binary`` is ``bytes`` by design and is never looked at). They are
-    all made before serving (:meth:`prepare`), so that pool threads only read them.
-    """
-
-    def __init__(self) -> None:
-        self._structs: dict[type, tuple[tuple[str, _Plan], ...]] = {}
-        self._making: set[type] = set()  # struct classes whose plan is being made
-
-    def prepare(self, cls: type) -> None:
-        """Make the plans of struct class ``cls`` and of every struct it holds."""
-        self._fields(cls)
-
-    def find(self, struct: Any) -> str | None:
-        """The path of the first string that is not UTF-8 in ``struct`` (``texts[2]``,
-        ``doc.title``), or None."""
-        found = self._find(struct, ("struct", type(struct)))
-        return None if found is None else "".join(reversed(found)).lstrip(".")
-
-    def _fields(self, cls: type) -> tuple[tuple[str, _Plan], ...]:
-        fields = self._structs.get(cls)
-        if fields is None:
-            self._making.add(cls)
-            try:
-                plans = []
-                for spec in getattr(cls, "thrift_spec", {}).values():
-                    info = spec[2] if len(spec) > 3 else None
-                    plan = self._plan(spec[0], info)
-                    if plan is not None:
-                        plans.append((str(spec[1]), plan))
-            finally:
-                self._making.discard(cls)
-            fields = self._structs[cls] = tuple(plans)
-        return fields
-
-    def _plan(self, ttype: int, info: Any) -> _Plan | None:
-        if ttype == TType.STRING:
-            return _STRING_PLAN
-        if ttype in (TType.LIST, TType.SET):
-            elem = self._plan(*_type_of(info))
-            return None if elem is None else ("list" if ttype == TType.LIST else "set", elem)
-        if ttype == TType.MAP:
-            key, value = self._plan(*_type_of(info[0])), self._plan(*_type_of(info[1]))
-            return None if key is None and value is None else ("map", key, value)
-        if ttype == TType.STRUCT:
-            # A struct within itself (a tree) is kept: its own fields say if it holds strings.
-            return ("struct", info) if info in self._making or self._fields(info) else None
-        return None
-
-    def _find(self, value: Any, plan: _Plan) -> list[str] | None:
-        """The path to the first bad string in ``value``, innermost part first; the path is
-        made only for what is found, and runs of strings are scanned at C speed."""
-        if value is None:
-            return None
-        kind = plan[0]
-        if kind == "s":
-            return [] if isinstance(value, bytes) else None
-        if kind == "list" or kind == "set":
-            elem = plan[1]
-            if elem is _STRING_PLAN and bytes not in map(type, value):
-                return None
-            for i, item in enumerate(value):
-                found = self._find(item, elem)
-                if found is not None:
-                    found.append(f"[{i}]" if kind == "list" else "{}")
-                    return found
-            return None
-        if kind == "map":
-            key_plan, value_plan = plan[1], plan[2]
-            if key_plan is not None and (key_plan is not _STRING_PLAN or bytes in map(type, value)):
-                for key in value:
-                    found = self._find(key, key_plan)
-                    if found is not None:
-                        found.append(" (a key)")
-                        return found
-            if value_plan is not None and (
-                value_plan is not _STRING_PLAN or bytes in map(type, value.values())
-            ):
-                for key, item in value.items():
-                    found = self._find(item, value_plan)
-                    if found is not None:
-                        found.append(f"[{key!r:.40}]")
-                        return found
-            return None
-        for name, field_plan in self._fields(type(value)):
-            found = self._find(getattr(value, name, None), field_plan)
-            if found is not None:
-                found.append(f".{name}")
-                return found
-        return None
-
-
-def _type_of(info: Any) -> tuple[int, Any]:
-    """A container's element spec as (type, info): thriftpy2 writes a bare type code for a
-    scalar and (type, info) otherwise."""
-    return (info, None) if isinstance(info, int) else (info[0], info[1])
-
-
-class HandlerError(OffloopError, ImportError):
-    """The handler cannot be loaded: its module does not import (missing, a ``SyntaxError``,
-    an ``ImportError`` inside it), lacks the attribute, or building it raised.
-
-    ``str(exc)`` is one line naming the handler, the error's type and, when the error comes
-    from the user's code, the file and line: ``cannot load handler 'shop:Handler':
-    SyntaxError at shop.py:3: invalid syntax``. The original exception is ``__cause__``.
-    An ``ImportError`` too, for code that caught what ``load_handler`` used to raise.
-    """
-
-    blame = Blame.CALLER
-    PUBLIC = None
-
-
-def load_handler(spec: str, app_dir: str | None = None) -> Any:
-    """Import ``module:attr`` and build the handler from it.
-
-    The object named is used as follows: a class is instantiated with no arguments; any other
-    object (an instance, a module) is used as it is. Nothing else is called, except the
-    optional ``setup_pool(pool, workers)`` hook that :class:`DispatcherFactory` calls.
-
-    Args:
-        spec: ``package.module:Name`` (``Name`` may be dotted: ``module:Outer.Inner``).
-        app_dir: a directory to import from, put first on ``sys.path`` if it is not there
-            (``None``: ``sys.path`` as it is).
-
-    Raises:
-        HandlerError: the module does not import, lacks the attribute, or the class's
-            ``__init__`` raised; one line says which and where.
-    """
-    obj = _import_handler(spec, app_dir)
-    if not isinstance(obj, type):
-        return obj
-    try:
-        return obj()
-    except Exception as exc:
-        raise HandlerError(_describe(spec, exc)) from exc
-
-
-def use_app_dir(app_dir: str | None) -> None:
-    """Put ``app_dir`` (made absolute) first on ``sys.path`` unless it is already there, as
-    uvicorn's ``--app-dir`` does; ``None`` or an empty string leaves ``sys.path`` alone."""
-    if not app_dir:
-        return
-    path = os.path.abspath(app_dir)
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-
-def _import_handler(spec: str, app_dir: str | None = None) -> Any:
-    """The object ``module:attr`` names, not instantiated.
-
-    Raises:
-        HandlerError: the spec is malformed, or the module does not import, or it lacks the
-            attribute.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise HandlerError(f"handler must look like 'package.module:Name', got {spec!r}")
-    use_app_dir(app_dir)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # SyntaxError, ImportError, or whatever the module raised
-        hint = ""
-        if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
-            where = f"in {os.path.abspath(app_dir)} nor " if app_dir else ""
-            hint = f" (not {where}on the import path; --app-dir says where to look)"
-        raise HandlerError(_describe(spec, exc) + hint) from exc
-    for i, part in enumerate(attr.split(".")):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            if i == 0:
-                owner = f"module {module_name!r}"
-            else:
-                owner = repr(module_name + ":" + ".".join(attr.split(".")[:i]))
-            raise HandlerError(
-                f"cannot load handler {spec!r}: {owner} has no attribute {part!r}"
-            ) from None
-    return obj
-
-
-def _describe(spec: str, exc: BaseException) -> str:
-    """``cannot load handler 'mod:Cls': SyntaxError at mod.py:3: invalid syntax``: the
-    error's type, where in the user's code it happened (when it did), its message."""
-    where = ""
-    if isinstance(exc, SyntaxError) and exc.filename:
-        where = f" at {_shown_path(exc.filename)}:{exc.lineno}"
-        message = exc.msg
-    else:
-        message = str(exc)
-        frames = [
-            frame
-            for frame in traceback.extract_tb(exc.__traceback__)
-            if not frame.filename.startswith(("<", _IMPORTLIB)) and frame.filename != __file__
-        ]
-        if frames:
-            where = f" at {_shown_path(frames[-1].filename)}:{frames[-1].lineno}"
-            if frames[-1].name not in ("<module>", "<lambda>"):
-                where += f" in {frames[-1].name}"
-    text = f"cannot load handler {spec!r}: {type(exc).__name__}{where}: {message}"
-    return " ".join(text.split())  # one line, whatever the message held
-
-
-#: Where the import machinery's own frames come from: never the place of a handler's error.
-_IMPORTLIB = os.path.dirname(importlib.__file__) + os.sep
-
-
-def _shown_path(filename: str) -> str:
-    """A file's path relative to the current directory when it is below it."""
-    try:
-        relative = os.path.relpath(filename)
-    except ValueError:
-        return filename
-    return filename if relative.startswith("..") else relative
-
-
 class Dispatcher:
     """Decodes calls, runs them on ``handler`` and encodes the replies.
 
@@ -395,7 +169,7 @@ class Dispatcher:
         self._protocol = protocol
         self._codec = MessageCodec(protocol, limits)
         if _main is None:
-            self._strings = _StringCheck()
+            self._strings = StringCheck()
             for method in service.methods.values():
                 self._strings.prepare(method.args_cls)
             self._bad_request = _RateLimitedWarning(BAD_REQUEST_LOG_INTERVAL)
@@ -717,7 +491,7 @@ class DispatcherFactory:
         try:
             return self._build(info, handler)
         except Exception as exc:
-            raise HandlerError(_describe(self.handler, exc)) from exc
+            raise HandlerError(describe_failure(self.handler, exc)) from exc
 
     def _build(self, info: ServiceInfo, handler: Any) -> Dispatcher:
         # Optional hook: a handler that sizes its own thread use (torch, BLAS) by the pool.
@@ -734,7 +508,7 @@ class DispatcherFactory:
         """
         if not isinstance(self.handler, str):
             return batch_options(self.handler)
-        return batch_options(_import_handler(self.handler, self.app_dir))
+        return batch_options(import_handler(self.handler, self.app_dir))
 
     def loop_methods(self, names: Sequence[str]) -> dict[str, str]:
         """Of the method ``names``, those the handler runs on the worker's loop, found
@@ -745,5 +519,5 @@ class DispatcherFactory:
         """
         handler = self.handler
         if isinstance(handler, str):
-            handler = _import_handler(handler, self.app_dir)
+            handler = import_handler(handler, self.app_dir)
         return loop_methods(handler, names)

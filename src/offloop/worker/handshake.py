@@ -29,11 +29,21 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from offloop.codec.faults import FaultKind
+from offloop.codec.framing import encode_frame
+from offloop.codec.header import (
+    HeaderLimits,
+    decode_header_frame,
+    encode_header_frame,
+    is_header_frame,
+)
+from offloop.codec.message import CALL, MessageCodec
+from offloop.errors import RemoteProtocolError
 from offloop.tls import ServerTLS, WorkerTLSConfig, describe_handshake_error, looks_like_tls
 
-__all__ = ["TLSListener", "listening_socket"]
+__all__ = ["TLSListener", "listening_socket", "plaintext_reply"]
 
 log = logging.getLogger("offloop.worker")
 
@@ -253,3 +263,36 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+def plaintext_reply(
+    body: bytes,
+    *,
+    codecs: Mapping[str, MessageCodec],
+    framed: MessageCodec,
+    limits: HeaderLimits,
+) -> bytes | None:
+    """The frame that answers a plaintext call to the TLS port, in its framing (``framed``
+    reads a framed message, ``codecs`` by protocol name a header frame's payload): the
+    client's call fails with words that say why, instead of a reset. None for a frame that
+    is not a call."""
+    detail = (
+        "this worker's port requires TLS: the client connected without it "
+        "(on the gateway: --backend-tls-ca)"
+    )
+    try:
+        if is_header_frame(body):
+            frame = decode_header_frame(body, limits)
+            codec = codecs[frame.protocol.codec_name]
+            header = codec.read_header(frame.payload)
+        else:
+            frame, codec = None, framed
+            header = codec.read_header(body)
+    except RemoteProtocolError:
+        return None
+    if header.type != CALL:
+        return None
+    fault = codec.fault(header.name, header.seqid, FaultKind.INTERNAL, detail)
+    if frame is None:
+        return encode_frame(fault)
+    return encode_header_frame(frame.reply(fault))

@@ -14,24 +14,9 @@ client that vanishes mid-call loses only its replies. Other clients never notice
 
 How resources are bounded: frames by ``max_frame_size``; calls by the pool's admission
 (workers + ``max_queued``, beyond which a call is answered at once with ``overloaded``);
-connections by ``max_connections``. Each connection, by what it may make the worker hold:
-
-- *Calls in progress* (a task each, from its frame's arrival until its reply is written) by
-  ``max_calls_per_connection``. At the bound the connection stops being read; frames
-  already read wait (at most one read's worth) and the rest of its backlog stays in the
-  kernel's socket buffers, not in this process. A pipelining client thereby
-  holds at most its share of the pool's admission, and others keep theirs.
-- *A frame not yet whole* by ``frame_timeout`` from its first byte (the connection is closed,
-  one log line, ``protocol_errors{reason="frame_timeout"}``), and all connections' such
-  bytes together by ``max_partial_bytes`` (past it the connections whose partial frame began
-  longest ago are closed: a slow sender, not one at network speed). While the worker holds a
-  connection back at its call bound, its frame clock stops: the wait is the worker's doing.
-- *Replies not read*: a client that does not read its replies stops being read and its
-  frames already read are not dispatched (transport flow control), so its replies are
-  bounded by its calls in progress.
-
-A connection's reading state is one decision (:meth:`_Connection._update_reading`): read
-unless it is at its call bound or its client is not reading replies.
+connections by ``max_connections``; what each connection may make the worker hold by
+:mod:`offloop.worker.connection` (calls in progress, replies not read) and
+:mod:`offloop.worker.partial_frames` (frames not yet whole).
 
 **Framed or THeader, per connection.** Its first frame decides: a THeader frame
 (:mod:`offloop.codec.header`, the body opens with 0x0FFF) makes it a header connection, any
@@ -51,7 +36,7 @@ is answered at once with an ``unknown method`` fault in a header frame, not logg
 
 **Cancellation** (issue 13). A oneway header-frame message of
 :data:`~offloop.codec.call.CANCEL_METHOD` names, by its seqid, a call of the same connection
-whose client gave up (:meth:`WorkerServer._cancel`): the call's task is cancelled, so a queued
+whose client gave up (:meth:`~offloop.worker.connection.Connection.cancel`): the call's task is cancelled, so a queued
 call leaves the pool's queue or its forming batch unrun, a running process-pool call's child is
 replaced, and a thread-pool handler sees :func:`offloop.cancelled`; it is not answered
 (outcome ``cancelled``). Cancels are served as soon as they are read, never held back by the
@@ -62,66 +47,52 @@ call bound, and a header connection at its bound is read on while what it holds 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import functools
 import logging
 import time
-from typing import Any, cast
+from typing import Any
 
 from offloop.codec.call import CANCEL_METHOD, PROBE_METHOD
 from offloop.codec.faults import FaultKind
-from offloop.codec.framing import FrameDecoder, FrameError, encode_frame
 from offloop.codec.header import (
     HeaderError,
     HeaderLimits,
     HeaderParts,
     decode_header_frame,
-    encode_header_frame,
-    encode_header_reply,
     is_header_frame,
     split_header_frame,
 )
-from offloop.codec.message import CALL, ONEWAY, Header, MessageCodec
-from offloop.context import PRINCIPAL_HEADER, REQUEST_ID, REQUEST_ID_HEADER, CallContext
+from offloop.codec.message import CALL, ONEWAY, MessageCodec
+from offloop.context import PRINCIPAL_HEADER, REQUEST_ID, CallContext
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded, RemoteProtocolError
 from offloop.idl import ServiceInfo, load_idl, service_info
 from offloop.runtime.base import JobFailed, Pool, WorkerCrashed
 from offloop.runtime.limiter import Limiter
 from offloop.runtime.processpool import ProcessPool
 from offloop.runtime.threadpool import ThreadPool
-from offloop.tls import ServerTLS, TLSConfigError, looks_like_tls
+from offloop.tls import ServerTLS, TLSConfigError
 from offloop.worker.admin import AdminServer
 from offloop.worker.batcher import Batcher
 from offloop.worker.config import WorkerConfig
+from offloop.worker.connection import Call, Connection, PlainConnection
 from offloop.worker.dispatch import CallJob, Dispatcher, DispatcherFactory, Job, Reply
-from offloop.worker.handshake import TLSListener, listening_socket
+from offloop.worker.handshake import TLSListener, listening_socket, plaintext_reply
 from offloop.worker.health import WorkerHealth
 from offloop.worker.metrics import ConnectionStats, WorkerMetrics
+from offloop.worker.partial_frames import PartialFrames
 
 __all__ = ["CONNECTION_SHARE", "PARTIAL_FRAMES", "WorkerServer", "build_pool"]
 
 log = logging.getLogger("offloop.worker")
+
+_NO_CONTEXT = CallContext()
 
 #: By default one connection may hold at most 1/CONNECTION_SHARE of the pool's admission
 #: slots: 4 is the connections per backend of offloop's gateway (``pool_size``), so one
 #: gateway alone can still fill the pool, while one connection alone leaves 3/4 of it to
 #: others.
 CONNECTION_SHARE = 4
-#: Issue 13: a header connection at its call bound is read on (so that its client's cancels
-#: arrive) while the frames it holds back take fewer bytes than this: one read's worth.
-HOLD_BYTES = 64 * 1024
-#: The longest frame that may be a cancel message (one is about 40 bytes).
-_CANCEL_FRAME_MAX = 96
-_CANCEL_NAME = CANCEL_METHOD.encode()
-
-
-def _maybe_cancel(frame: bytes) -> bool:
-    """A cheap first look: whether ``frame`` may be a cancel (:meth:`WorkerServer._is_cancel`
-    tells)."""
-    return len(frame) <= _CANCEL_FRAME_MAX and _CANCEL_NAME in frame
-
-
 #: By default all connections together may hold this many frames of ``max_frame_size``
 #: that are not yet whole: a few large calls arriving at once fit; a crowd of idle partial
 #: frames (32 of 16 MiB held 512 MiB) does not.
@@ -153,255 +124,6 @@ def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
         call_timeout=config.limits.call_timeout,
         early_kills_per_minute=config.pool.early_kills_per_minute,
     )
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: frames in, replies out (in completion order).
-
-    Whole frames are taken out of the decoder as soon as they are read, and dispatched while
-    the connection has fewer than the server's ``calls_per_connection`` calls in progress
-    and its client reads its replies. At the call bound the connection is *throttled*, the
-    worker's doing; when its client does not read replies, the client's. Either way it is not
-    read, and the frames already read wait (at most what one read brought). What the decoder
-    still holds is then exactly one partial frame, which the server times and bounds
-    (:meth:`WorkerServer._account`).
-    """
-
-    def __init__(self, server: WorkerServer) -> None:
-        self._server = server
-        self._decoder = FrameDecoder(server.config.limits.max_frame_size)
-        self._pending: collections.deque[bytes] = collections.deque()
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        #: THeader (True) or plain framed (False), as its first frame said; None before.
-        self.header: bool | None = None
-        #: Calls of this connection in progress: dispatched, reply not yet written.
-        self.in_flight = 0
-        #: Bytes of the partial frame the decoder holds, as counted in the server's total.
-        self.partial = 0
-        #: Loop time the partial frame began arriving; None while none is timed.
-        self.partial_since: float | None = None
-        #: At its call bound: the worker, not the client, holds it back.
-        self.throttled = False
-        self.timer: asyncio.TimerHandle | None = None
-        #: Its client does not read its replies: the client holds it back.
-        self.writes_paused = False
-        self._reading = True
-        #: Replies made in this turn of the loop, written at its end (:meth:`send`).
-        self._out: list[bytes] = []
-        #: Issue 13: the calls of a header connection in progress, by seqid, that a cancel
-        #: message may name (bounded by the call bound: one entry per call in flight).
-        self.calls: dict[int, tuple[_Call, asyncio.Task[None]]] = {}
-        #: Bytes of the frames read and held back (``_pending``).
-        self.held = 0
-        #: Seqids cancelled while their call was still held back: dropped when taken
-        #: (at most one per frame held back).
-        self.early_cancels: set[int] = set()
-        #: Item 2: an untrusted peer's ``offloop-principal`` was ignored (logged once).
-        self.principal_ignored = False
-
-    @property
-    def closing(self) -> bool:
-        return self.transport is None or self.transport.is_closing()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but quack alike.
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._server._connection_made(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return  # closed by us a moment ago: what still arrives is dropped
-        try:
-            self._decoder.feed(data)
-        except FrameError as exc:
-            self._server._protocol_error(self, type(exc).__name__, str(exc))
-            return
-        self.pump()
-
-    def pump(self) -> None:
-        """Take the whole frames read out of the decoder, dispatch those the call bound
-        allows, then account for what is held and decide whether to read on."""
-        server = self._server
-        error: FrameError | None = None
-        completed = False
-        cancels: list[bytes] = []
-        try:
-            for frame in self._decoder.frames():
-                if self.header and _maybe_cancel(frame) and server._is_cancel(frame):
-                    cancels.append(frame)  # issue 13: served now, never held back
-                else:
-                    self._pending.append(frame)
-                    self.held += len(frame)
-                completed = True
-        except FrameError as exc:
-            error = exc  # after the frames before it, as they came
-        for frame in cancels:
-            server._on_frame(self, frame)
-        bound = server.calls_per_connection
-        while self._pending and not self.writes_paused:
-            if self.in_flight < bound:
-                server._on_frame(self, self._take())
-            elif server.admission_full():
-                # Past its share while the pool has no room for anyone: refused at once,
-                # without a slot, as any call to a full pool is, so that clients (a gateway
-                # learning a backend's capacity) hear "overloaded" instead of waiting unread.
-                server._on_frame(self, self._take(), refuse=True)
-            else:
-                break  # past its share while others may use the room: wait, unread
-            if self.closing:
-                return  # closed for an earlier frame of this read: one error, one log line
-        if not self._pending and self.early_cancels:
-            self.early_cancels.clear()  # issue 13: those left named no call held back
-        if error is not None:
-            server._protocol_error(self, type(error).__name__, str(error))
-            return
-        # Issue 13: a header connection at its bound is still read while the frames it holds
-        # back are under HOLD_BYTES, so that a cancel reaches the worker.
-        throttled = self.in_flight >= bound and (self.held >= HOLD_BYTES or not self.header)
-        if throttled and not self.throttled:
-            server.metrics.throttles.inc()
-        self.throttled = throttled
-        server._account(self, self._decoder.buffered, completed)
-        self._update_reading()
-
-    def _take(self) -> bytes:
-        frame = self._pending.popleft()
-        self.held -= len(frame)
-        return frame
-
-    def call_done(self) -> None:
-        """One call of this connection finished and its reply, if any, is written."""
-        self.in_flight -= 1
-        if (self.throttled or self._pending) and not self.closing:
-            self.pump()
-
-    def _update_reading(self) -> None:
-        want = not (self.throttled or self.writes_paused)
-        if want == self._reading or self.closing:
-            return
-        self._reading = want
-        assert self.transport is not None
-        if want:
-            self.transport.resume_reading()  # an in-memory transport may deliver right here
-        else:
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool:
-        try:
-            self._decoder.close()
-        except FrameError as exc:
-            self._server._protocol_error(self, type(exc).__name__, str(exc))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._server._account(self, 0, False)
-        self._server._connection_lost(self)
-
-    def pause_writing(self) -> None:
-        # The client is not reading its replies: dispatch and read nothing more until it
-        # does. Its frame clock keeps running: that wait is the client's doing.
-        self.writes_paused = True
-        self._update_reading()
-
-    def resume_writing(self) -> None:
-        self.writes_paused = False
-        if not self.closing:
-            self.pump()
-
-    def send(self, message: bytes, call: _Call | None = None) -> None:
-        """Write the reply ``message`` to ``call``, in the framing the call came in.
-
-        Replies made in one turn of the loop go out in one write at its end (issue 16: a
-        write per reply was a third of a light call's cost), in the order they were made.
-        """
-        if not self.closing:
-            frame = None if call is None else call.frame
-            if frame is None:
-                data = encode_frame(message)
-            else:
-                rid = call.context.request_id if call is not None else None
-                headers = {REQUEST_ID_HEADER: rid} if rid is not None else None
-                data = encode_header_reply(frame, message, headers)
-            if not self._out:
-                asyncio.get_running_loop().call_soon(self._write_out)
-            self._out.append(data)
-
-    def _write_out(self) -> None:
-        out, self._out = self._out, []
-        if out and not self.closing:
-            assert self.transport is not None
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def close(self) -> None:
-        """Close the connection and let go of the frames it holds. Replies already written
-        are sent first, unless the client is not reading them: then the connection is
-        aborted, or it and its replies would stay until the client reads."""
-        if self.transport is not None:
-            if self.writes_paused:
-                self.transport.abort()
-            else:
-                self._write_out()  # replies made in this turn go first
-                self.transport.close()
-        self._decoder = FrameDecoder(self._server.config.limits.max_frame_size)
-        self._pending.clear()
-        self.held = 0
-        self._server._account(self, 0, False)
-
-
-class _Call:
-    """One call read off a connection: its header, the codec of its protocol, the header
-    frame it came in (its parts; None when framed), its context, and the job the pool runs."""
-
-    __slots__ = ("cancelled", "codec", "context", "frame", "header", "job", "started")
-
-    def __init__(
-        self,
-        header: Header,
-        codec: MessageCodec,
-        frame: HeaderParts | None,
-        context: CallContext,
-        job: Job,
-    ) -> None:
-        self.header = header
-        self.codec = codec
-        self.frame = frame
-        self.context = context
-        self.job = job
-        #: Its client sent a cancel for it (issue 13): dropped, never answered.
-        self.cancelled = False
-        #: Its task has begun (a task cancelled before that would skip its own clean-up).
-        self.started = False
-
-    def fault(self, kind: FaultKind, detail: str) -> bytes:
-        return self.codec.fault(self.header.name, self.header.seqid, kind, detail)
-
-
-_NO_CONTEXT = CallContext()
-
-
-class _PlainConnection(_Connection):
-    """A connection to the plaintext port: a TLS ClientHello as its first bytes (a client
-    with TLS on) closes it at once with one log line that says so, instead of being read as
-    a frame of several hundred MiB."""
-
-    _first = True
-
-    def data_received(self, data: bytes) -> None:
-        if self._first and data:
-            self._first = False
-            if looks_like_tls(data):
-                self._server._protocol_error(
-                    self,
-                    "tls_on_plaintext",
-                    "it sent a TLS handshake to this plaintext port: turn TLS on here "
-                    "(--tls-cert, --tls-key) or off in the client",
-                )
-                return
-        super().data_received(data)
 
 
 class WorkerServer:
@@ -444,10 +166,6 @@ class WorkerServer:
         self.calls_per_connection = limits.max_calls_per_connection or (
             default_calls_per_connection(config.workers, config.max_queued)
         )
-        #: Bytes of partial frames all connections together may hold.
-        self.max_partial_bytes = limits.max_partial_bytes or (
-            PARTIAL_FRAMES * limits.max_frame_size
-        )
         self.metrics = WorkerMetrics(self.pool.stats, connections=self._connection_stats)
         self._codec = MessageCodec(config.protocol, config.limits.decode)
         # Header frames name their protocol: a codec for each.
@@ -458,11 +176,14 @@ class WorkerServer:
         self._codecs[config.protocol] = self._codec
         # A compressed call may inflate to what an uncompressed one may be.
         self._header_limits = HeaderLimits(max_decompressed_size=config.limits.max_frame_size)
-        self._connections: set[_Connection] = set()
-        self._partial_bytes = 0
-        # Connections holding a timed partial frame, the one that began longest ago first
-        # (dicts keep insertion order; a connection re-enters at the end for a new frame).
-        self._timed: dict[_Connection, None] = {}
+        self._connections: set[Connection] = set()
+        #: Frames not yet whole, of all connections: counted, timed and shed.
+        self.partials = PartialFrames(
+            limits.max_partial_bytes or PARTIAL_FRAMES * limits.max_frame_size,
+            limits.frame_timeout,
+            self.metrics.connections_shed,
+            lambda conn, message: self.protocol_error(conn, "frame_timeout", message),
+        )
         self._calls: set[asyncio.Task[None]] = set()
         self._batchers: dict[str, Batcher] = {}
         # Issue 16: async def and @inline methods run on this loop, on a handler instance of
@@ -579,7 +300,7 @@ class WorkerServer:
         if not tls.enabled:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(
-                lambda: _PlainConnection(self), where.host, where.port, backlog=where.backlog
+                lambda: PlainConnection(self), where.host, where.port, backlog=where.backlog
             )
             self.port = self._server.sockets[0].getsockname()[1]
             return
@@ -589,42 +310,20 @@ class WorkerServer:
             sock,
             source,
             tls,
-            lambda: _Connection(self),
-            plaintext_reply=self._plaintext_reply,
+            lambda: Connection(self),
+            plaintext_reply=functools.partial(
+                plaintext_reply, codecs=self._codecs, framed=self._codec, limits=self._header_limits
+            ),
             max_frame_size=self.config.limits.max_frame_size,
             on_error=lambda reason: self.metrics.protocol_errors.labels(reason).inc(),
         )
         self._tls_listener.start()
         self.port = sock.getsockname()[1]
 
-    def _plaintext_reply(self, body: bytes) -> bytes | None:
-        """The frame that answers a plaintext call to the TLS port, in its framing: the
-        client's call fails with words that say why, instead of a reset."""
-        detail = (
-            "this worker's port requires TLS: the client connected without it "
-            "(on the gateway: --backend-tls-ca)"
-        )
-        try:
-            if is_header_frame(body):
-                frame = decode_header_frame(body, self._header_limits)
-                codec = self._codecs[frame.protocol.codec_name]
-                header = codec.read_header(frame.payload)
-            else:
-                frame, codec = None, self._codec
-                header = codec.read_header(body)
-        except RemoteProtocolError:
-            return None
-        if header.type != CALL:
-            return None
-        fault = codec.fault(header.name, header.seqid, FaultKind.INTERNAL, detail)
-        if frame is None:
-            return encode_frame(fault)
-        return encode_header_frame(frame.reply(fault))
-
     def connection(self) -> asyncio.Protocol:
         """A new server-side connection protocol, for a transport made elsewhere (the
         in-memory pair of :mod:`offloop.testing`); listening sockets make their own."""
-        return _Connection(self)
+        return Connection(self)
 
     def begin_drain(self) -> None:
         """Fail ``/readyz`` from now on while still serving every call: the first step of a
@@ -667,7 +366,7 @@ class WorkerServer:
 
     # -- connections ---------------------------------------------------------------------
 
-    def _connection_made(self, conn: _Connection) -> None:
+    def add_connection(self, conn: Connection) -> None:
         if len(self._connections) >= self.config.limits.max_connections:
             log.warning(
                 "refusing connection from %s: %d connections open (max_connections)",
@@ -679,7 +378,7 @@ class WorkerServer:
         self._connections.add(conn)
         self.metrics.connections.set(len(self._connections))
 
-    def _connection_lost(self, conn: _Connection) -> None:
+    def remove_connection(self, conn: Connection) -> None:
         self._connections.discard(conn)
         self.metrics.connections.set(len(self._connections))
         if conn.calls:
@@ -691,7 +390,7 @@ class WorkerServer:
                 len(conn.calls),
             )
             for seqid in list(conn.calls):
-                self._cancel(conn, seqid)
+                conn.cancel(seqid)
         elif conn.in_flight:
             log.info(
                 "client %s disconnected with %d calls in flight; their replies are dropped",
@@ -699,92 +398,16 @@ class WorkerServer:
                 conn.in_flight,
             )
 
-    def _protocol_error(self, conn: _Connection, reason: str, message: str) -> None:
+    def protocol_error(self, conn: Connection, reason: str, message: str) -> None:
         log.warning("closing connection from %s: %s", conn.peer, message)
         self.metrics.protocol_errors.labels(reason).inc()
         conn.close()
 
     def _connection_stats(self) -> ConnectionStats:
         return ConnectionStats(
-            partial_bytes=self._partial_bytes,
+            partial_bytes=self.partials.total,
             throttled=sum(1 for c in self._connections if c.throttled),
         )
-
-    # -- partial frames ------------------------------------------------------------------
-
-    def _account(self, conn: _Connection, partial: int, completed: bool) -> None:
-        """Account for the ``partial`` bytes of a frame not yet whole that ``conn`` holds
-        now, after a read that ``completed`` a frame or not; time that frame; shed partial
-        frames over the bound.
-
-        A partial frame is timed from the read that brought its first byte (the one that
-        completed the frame before it, or the first after none was held), except while the
-        worker throttles the connection: then the clock stops, and starts afresh when the
-        connection is read again.
-        """
-        grew = partial > conn.partial
-        self._partial_bytes += partial - conn.partial
-        conn.partial = partial
-        if conn.closing:
-            conn.partial_since = None
-            self._timed.pop(conn, None)
-            if conn.timer is not None:
-                conn.timer.cancel()
-                conn.timer = None
-        elif partial == 0 or conn.throttled:
-            conn.partial_since = None  # its timer, if any, finds nothing to do when it fires
-            self._timed.pop(conn, None)
-        elif completed or conn.partial_since is None:
-            loop = asyncio.get_running_loop()
-            conn.partial_since = loop.time()
-            self._timed.pop(conn, None)
-            self._timed[conn] = None
-            if conn.timer is None:
-                timeout = self.config.limits.frame_timeout
-                conn.timer = loop.call_later(timeout, self._frame_clock, conn)
-        if grew and self._partial_bytes > self.max_partial_bytes:
-            self._shed()
-
-    def _frame_clock(self, conn: _Connection) -> None:
-        """``conn``'s frame timer fired: close it if its partial frame is overdue, else
-        wait for what is left of the frame's time (one timer per connection, re-armed at
-        most once per frame_timeout, whatever the read rate)."""
-        conn.timer = None
-        if conn.partial_since is None or conn.closing:
-            return
-        timeout = self.config.limits.frame_timeout
-        loop = asyncio.get_running_loop()
-        left = conn.partial_since + timeout - loop.time()
-        if left > 0:
-            conn.timer = loop.call_later(left, self._frame_clock, conn)
-            return
-        self._protocol_error(
-            conn,
-            "frame_timeout",
-            f"a frame did not arrive whole within {timeout:g} s of its first byte "
-            f"(frame_timeout; {conn.partial} bytes of it received"
-            f"{', while the client did not read its replies' if conn.writes_paused else ''})",
-        )
-
-    def _shed(self) -> None:
-        """Close the connections whose partial frame began longest ago until partial frames
-        are within ``max_partial_bytes``. A throttled connection is not a candidate: the
-        worker holds it back, and its partial frame came in the read that throttled it."""
-        loop = asyncio.get_running_loop()
-        while self._partial_bytes > self.max_partial_bytes and self._timed:
-            conn = next(iter(self._timed))
-            age = loop.time() - (conn.partial_since or loop.time())
-            log.warning(
-                "closing connection from %s: partial frames of all connections hold %d bytes, "
-                "over max_partial_bytes (%d); its frame began longest ago (%.3g s, %d bytes)",
-                conn.peer,
-                self._partial_bytes,
-                self.max_partial_bytes,
-                age,
-                conn.partial,
-            )
-            self.metrics.connections_shed.labels("partial_bytes").inc()
-            conn.close()
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -793,7 +416,7 @@ class WorkerServer:
         admission = self.pool.stats().admission
         return admission is not None and admission.borrowed >= admission.limit
 
-    def _read_call(self, conn: _Connection, body: bytes) -> _Call | None:
+    def _read_call(self, conn: Connection, body: bytes) -> Call | None:
         """The call of a frame ``body``, in the framing of ``conn``; None (and ``conn``
         closed) for a frame that is not one."""
         header_frame = is_header_frame(body)
@@ -801,7 +424,7 @@ class WorkerServer:
             conn.header = header_frame
         elif conn.header is not header_frame:
             kinds = ("a framed message", "a THeader frame")
-            self._protocol_error(
+            self.protocol_error(
                 conn,
                 "mixed_framing",
                 f"{kinds[header_frame]} on a connection that began with {kinds[conn.header]}",
@@ -816,7 +439,7 @@ class WorkerServer:
                 # Its parts, not a HeaderFrame: this runs for every call (issue 13's cost).
                 frame = split_header_frame(body, self._header_limits)
             except HeaderError as exc:
-                self._protocol_error(conn, "header", str(exc))
+                self.protocol_error(conn, "header", str(exc))
                 return None
             protocol, _, _, _, info, message = frame
             codec = self._codecs[protocol.codec_name]
@@ -827,14 +450,14 @@ class WorkerServer:
         try:
             header = codec.read_header(message)
         except RemoteProtocolError as exc:
-            self._protocol_error(conn, "garbage", str(exc))
+            self.protocol_error(conn, "garbage", str(exc))
             return None
         job: Job = message
         if frame is not None and (context is not _NO_CONTEXT or codec is not self._codec):
             job = CallJob(message, codec.protocol, context)
-        return _Call(header, codec, frame, context, job)
+        return Call(header, codec, frame, context, job)
 
-    def _without_principal(self, conn: _Connection, context: CallContext) -> CallContext:
+    def _without_principal(self, conn: Connection, context: CallContext) -> CallContext:
         """Item 2: ``context`` without the principal an untrusted peer sent (the header
         is dropped from its headers too); logged once per connection."""
         if not conn.principal_ignored:
@@ -847,19 +470,19 @@ class WorkerServer:
         headers = {k: v for k, v in context.headers.items() if k != PRINCIPAL_HEADER}
         return dataclasses.replace(context, principal=None, headers=headers)
 
-    def _on_frame(self, conn: _Connection, body: bytes, *, refuse: bool = False) -> None:
+    def on_frame(self, conn: Connection, body: bytes, *, refuse: bool = False) -> None:
         started = time.perf_counter()
         call = self._read_call(conn, body)
         if call is None:
             return
         header = call.header
         if header.type not in (CALL, ONEWAY):
-            self._protocol_error(
+            self.protocol_error(
                 conn, "message_type", f"expected a call, got message type {header.type}"
             )
             return
         if header.name == CANCEL_METHOD and call.frame is not None and header.type == ONEWAY:
-            self._cancel(conn, header.seqid)
+            conn.cancel(header.seqid)
             return
         if conn.early_cancels and header.seqid in conn.early_cancels:
             conn.early_cancels.discard(header.seqid)  # cancelled while it was held back
@@ -900,7 +523,7 @@ class WorkerServer:
         if call.frame is not None and header.type == CALL:
             conn.calls[header.seqid] = (call, task)  # issue 13: a cancel may name it
 
-    async def _serve_call(self, conn: _Connection, call: _Call, started: float) -> None:
+    async def _serve_call(self, conn: Connection, call: Call, started: float) -> None:
         if call.context.request_id is not None:
             REQUEST_ID.set(call.context.request_id)  # this task's own context: its log lines
         call.started = True
@@ -925,10 +548,10 @@ class WorkerServer:
 
     # -- issue 13: cancellation ----------------------------------------------------------
 
-    def _is_cancel(self, body: bytes) -> bool:
+    def is_cancel(self, body: bytes) -> bool:
         """Whether the frame ``body`` is a cancel message (looked at only when its connection
         is at its call bound; a frame that is not one, or not even valid, is left for
-        :meth:`_on_frame` to handle in turn)."""
+        :meth:`on_frame` to handle in turn)."""
         if not is_header_frame(body):
             return False
         try:
@@ -938,25 +561,7 @@ class WorkerServer:
             return False
         return header.name == CANCEL_METHOD and header.type == ONEWAY
 
-    def _cancel(self, conn: _Connection, seqid: int) -> None:
-        """``conn``'s client gave up on its call ``seqid``: stop serving it. A queued call
-        leaves the pool's queue (or its forming batch) without running; a running one is
-        stopped where that is safe (a process-pool child is replaced, a thread-pool handler
-        sees :func:`offloop.cancelled`). Its answer is dropped. A seqid of no call in
-        progress (it just finished, or never was) is ignored."""
-        entry = conn.calls.pop(seqid, None)
-        if entry is None:
-            if len(conn.early_cancels) < len(conn._pending):
-                conn.early_cancels.add(seqid)  # the call may be held back: dropped when taken
-            else:
-                log.debug("cancel from %s for seqid %d: no such call", conn.peer, seqid)
-            return
-        call, task = entry
-        call.cancelled = True
-        if call.started:
-            task.cancel()  # else it sees call.cancelled as it begins
-
-    def _answer_inline(self, conn: _Connection, call: _Call, started: float) -> None:
+    def _answer_inline(self, conn: Connection, call: Call, started: float) -> None:
         """Run an ``@inline`` method's call right here, on the loop (issue 16): no task, no
         hand-off; it holds no admission slot, as it ends before anything else runs."""
         assert self._local is not None
@@ -972,7 +577,7 @@ class WorkerServer:
             return stats.admission.borrowed < stats.workers
         return stats.busy + stats.queued < stats.workers
 
-    async def _run_on_loop(self, call: _Call, timeout: float) -> Reply:
+    async def _run_on_loop(self, call: Call, timeout: float) -> Reply:
         """Run an ``async def`` method's call on this loop, as a task (issue 16)."""
         assert self._local is not None
         if not self._loop_admission.try_acquire():
@@ -991,7 +596,7 @@ class WorkerServer:
         self.metrics.batch_size.labels(method).observe(len(frames))
         return list(await self.pool.run(frames, timeout=self.config.limits.call_timeout))
 
-    async def _dispatch(self, call: _Call) -> Reply:
+    async def _dispatch(self, call: Call) -> Reply:
         header = call.header
 
         def fault(outcome: str, kind: FaultKind, detail: str) -> Reply:
