@@ -12,53 +12,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import statistics
-import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
+from bench.common import free_port
 from bench.loadgen import HttpStream, run_load
+from bench.servers import running, wait_ready
 
 IDL = str(Path(__file__).resolve().parents[1] / "src/offloop/demo/textlab.thrift")
 CLIENTS = 32
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(port: int, path: str, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > end:
-            raise RuntimeError(f"nothing ready on port {port}")
-        time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def _process(cmd: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:
@@ -67,23 +30,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     opts = parser.parse_args()
     offloop = [sys.executable, "-m", "offloop.cli", "--log-level", "WARNING"]
-    worker_port, admin_port = _free_port(), _free_port()
+    worker_port, admin_port = free_port(), free_port()
     worker = [
         *offloop, "worker", "--idl", IDL, "--service", "TextLab",
         "--handler", "offloop.demo.textlab:Handler", "--pool", "thread", "--workers", "4",
         "--max-queued", "256", "--port", str(worker_port), "--admin-port", str(admin_port),
     ]  # fmt: skip
-    ports = {"framed": _free_port(), "header": _free_port()}
+    ports = {"framed": free_port(), "header": free_port()}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_process(worker))
-        _wait_ready(admin_port, "/readyz")
+        proc = stack.enter_context(running(worker, stop_timeout=15))
+        wait_ready(admin_port, "/readyz", proc=proc)
         for transport, port in ports.items():
             gateway = [
                 *offloop, "gateway", "--idl", IDL, "--backend", f"127.0.0.1:{worker_port}",
                 "--port", str(port), "--backend-transport", transport, "--grace", "1",
             ]  # fmt: skip
-            stack.enter_context(_process(gateway))
-            _wait_ready(port, "/readyz")
+            proc = stack.enter_context(running(gateway, stop_timeout=15))
+            wait_ready(port, "/readyz", proc=proc)
         rates: dict[str, list[float]] = {name: [] for name in ports}
         stream = HttpStream(
             "ping",

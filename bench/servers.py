@@ -2,13 +2,18 @@
 
 offloop servers run as users run them, ``python -m offloop.cli worker|gateway ...``, with a
 one-second drain so that stopping them is quick. Baselines are the scripts of
-``bench/baselines/``.
+``bench/baselines/``. The single-figure benches (``bench.cancellation``,
+``bench.header_overhead``) start their servers with :func:`running` and :func:`wait_ready`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
 
 from bench.common import BASELINES, PY, ServerSpec
 
@@ -86,3 +91,43 @@ def rpc_body(**args: object) -> bytes:
 
 PARSE_SENTENCE = "the old man saw a dog in the park with a telescope near the house"
 """A 15-word sentence with prepositional-phrase ambiguity: tens of ms of chart parsing."""
+
+
+# -- one-off servers of the single-figure benches (bench.cancellation, bench.header_overhead) --
+
+
+def wait_ready(
+    port: int, path: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until ``GET path`` on 127.0.0.1:``port`` answers 200.
+
+    Raises:
+        RuntimeError: not within ``timeout`` seconds, or ``proc`` (the server) exited.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server for port {port} exited with status {proc.returncode}")
+        url = f"http://127.0.0.1:{port}{path}"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:
+            if resp.status == 200:
+                return
+        if time.monotonic() > end:
+            raise RuntimeError(f"nothing ready on port {port}{path} after {timeout:g} s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running(cmd: Sequence[str], stop_timeout: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` (an ``offloop`` command, say) for the ``with`` block; then SIGTERM it, and
+    SIGKILL it if it has not exited within ``stop_timeout`` seconds."""
+    proc = subprocess.Popen(list(cmd))
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

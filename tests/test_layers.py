@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "logs": 0,
     "identity": 0,
     "context": 0,
+    "tracing": 0,
     "batching": 0,
     "inline": 0,
     "codec": 0,

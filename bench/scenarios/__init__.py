@@ -16,6 +16,7 @@ SCENARIOS: dict[str, str] = {
     "pools": "bench.scenarios.pools",
     "worker": "bench.scenarios.worker",
     "overhead": "bench.scenarios.overhead",
+    "tracing": "bench.scenarios.tracing",
     "peer": "bench.scenarios.peer",
     "embed": "bench.scenarios.embed",
     "watchdog": "bench.scenarios.watchdog",

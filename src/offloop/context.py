@@ -11,6 +11,8 @@ context variable      info header                value on the wire
 :data:`DEADLINE`      ``offloop-deadline-ms``    milliseconds left, an integer >= 0:
                                                  *relative*, as the hosts' clocks differ
 :data:`PRINCIPAL`     ``offloop-principal``      who the gateway authenticated (free text)
+:data:`TRACE_HEADERS` ``traceparent``,           the W3C trace context of the client span
+                      ``tracestate``             of the call (:mod:`offloop.tracing`)
 ====================  =========================  ==========================================
 
 :data:`DEADLINE` holds a :func:`time.monotonic` value, which every process of one host shares
@@ -64,6 +66,9 @@ __all__ = [
     "PRINCIPAL_HEADER",
     "REQUEST_ID",
     "REQUEST_ID_HEADER",
+    "TRACEPARENT_HEADER",
+    "TRACESTATE_HEADER",
+    "TRACE_HEADERS",
     "CallContext",
     "cancelled",
     "check_deadline",
@@ -112,12 +117,25 @@ CANCEL: ContextVar[CancelFlag | None] = ContextVar("offloop_cancel", default=Non
 REQUEST_ID_HEADER: Final = "offloop-request-id"
 DEADLINE_HEADER: Final = "offloop-deadline-ms"
 PRINCIPAL_HEADER: Final = "offloop-principal"
+#: W3C Trace Context, under its HTTP header names (issue 13, trace context).
+TRACEPARENT_HEADER: Final = "traceparent"
+TRACESTATE_HEADER: Final = "tracestate"
+
+#: The trace context headers (``traceparent``, ``tracestate``) of the call being made: set by
+#: :mod:`offloop.tracing` around each attempt to reach a backend while tracing is on, and sent
+#: by :func:`outgoing_headers`; None otherwise. A worker reads them from a call's
+#: :attr:`CallContext.headers`.
+TRACE_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "offloop_trace_headers", default=None
+)
 
 #: The info headers offloop reads and writes, and what each carries.
 INFO_HEADERS: Final[Mapping[str, str]] = {
     REQUEST_ID_HEADER: "the request id",
     DEADLINE_HEADER: "milliseconds left before the caller gives up",
     PRINCIPAL_HEADER: "who the gateway authenticated",
+    TRACEPARENT_HEADER: "the W3C trace context of the call's client span (tracing on)",
+    TRACESTATE_HEADER: "the W3C vendor trace state that goes with it",
 }
 
 #: The longest request id accepted: a UUID is 36 characters, a W3C trace id 32; 128 leaves
@@ -328,4 +346,7 @@ def outgoing_headers(timeout: float | None, now: float) -> dict[str, str]:
             principal = str(caller)
     if principal is not None:
         headers[PRINCIPAL_HEADER] = principal
+    trace = TRACE_HEADERS.get()
+    if trace:
+        headers.update(trace)
     return headers

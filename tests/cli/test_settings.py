@@ -361,6 +361,8 @@ def sample(path: tuple[str, ...], flag: str, kind: Any, default: Any) -> tuple[l
         return [option, "TextLab.ping"], frozenset({"TextLab.ping"})
     if origin is Mapping and args == (str, int):
         return [option, "Oops=418"], {"Oops": 418}
+    if origin is Mapping and args == (str, str):  # the worker's services: --service N=H
+        return [option, "TextLab", option, "Other=pkg.mod:Other"], {"Other": "pkg.mod:Other"}
     pytest.fail(f"no sample value for {'.'.join(path)}: {kind!r} (teach the CLI and this test)")
 
 

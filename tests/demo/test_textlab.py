@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from offloop.context import CANCEL, CancelFlag
 from offloop.demo import textlab
 from offloop.demo.textlab import IDL_PATH, MAX_AMBIGUITY, MAX_PARSE_WORDS, Handler, tokenize
+from offloop.errors import DeadlineExceeded
 from offloop.idl import load_idl, service_info
 
 IDL = textlab.textlab_idl()
@@ -193,6 +195,20 @@ def test_burn_runs_calibrated_iterations(handler: Handler) -> None:
     assert twenty == 20 * handler.iterations_per_ms
     assert handler.burn(40) == 2 * twenty
     assert handler.burn(0) == 0
+
+
+def test_burn_stops_once_its_caller_gave_up(handler: Handler) -> None:
+    """Issue 13: a thread-pool call cannot be killed; burn looks at its cancel flag after each
+    millisecond of work and stops there."""
+    flag = CancelFlag()
+    flag.set()
+    token = CANCEL.set(flag)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            handler.burn(textlab.MAX_MILLIS)
+    finally:
+        CANCEL.reset(token)
+    assert handler.burn(2) == 2 * handler.iterations_per_ms  # none set: it runs to the end
 
 
 def test_burn_is_calibrated_once_per_process(handler: Handler) -> None:

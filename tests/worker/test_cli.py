@@ -268,7 +268,7 @@ def test_bad_flags_exit_2_with_a_clear_message(
         main([*BASE, *flags])
     assert info.value.code == 2
     usage, line = capsys.readouterr().err.splitlines()
-    assert usage.startswith("usage: offloop worker --idl IDL --service SERVICE --handler")
+    assert usage.startswith("usage: offloop worker --idl IDL --service NAME[=MODULE:NAME] ")
     assert line == f"offloop worker: {message}"
 
 

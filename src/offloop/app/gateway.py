@@ -21,8 +21,10 @@ import socket
 import ssl
 import sys
 
+from offloop import tracing
 from offloop.app.signals import Stop, drain_delay, graceful_exit
 from offloop.client.caller import AsyncCaller, Caller
+from offloop.client.multiplex import MultiplexedCaller
 from offloop.client.network import TCP, Network, TlsNetwork
 from offloop.client.targets import StaticTarget, TargetLike, as_target
 from offloop.gateway.config import GatewayConfig
@@ -52,6 +54,7 @@ def build_gateway(config: GatewayConfig, *, network: Network = TCP) -> Gateway:
         ValueError: a service has no backend, or a backend names no service of the IDL.
         TLSConfigError: a file of ``backend_tls`` is missing, or its key does not match.
     """
+    tracing.setup("offloop-gateway")  # on by the OTEL_* variables: docs/tracing.md
     config.backend_tls.check()
     tls = ClientTLS(config.backend_tls) if config.backend_tls.enabled else None
     if tls is not None and network is TCP:
@@ -63,6 +66,12 @@ def build_gateway(config: GatewayConfig, *, network: Network = TCP) -> Gateway:
     if unknown:
         raise ValueError(
             f"--backend names no service of {config.idl}: {', '.join(unknown)} "
+            f"(services: {', '.join(services)})"
+        )
+    unknown = sorted(set(config.backend_multiplexed) - set(services) - {"*"})
+    if unknown:
+        raise ValueError(
+            f"--backend-multiplexed names no service of {config.idl}: {', '.join(unknown)} "
             f"(services: {', '.join(services)})"
         )
     backends: dict[str, tuple[TargetLike, ...]] = {}
@@ -85,6 +94,8 @@ def build_gateway(config: GatewayConfig, *, network: Network = TCP) -> Gateway:
         )
     else:
         caller = AsyncCaller(backends, config.client, health=config.health, network=network)
+    if config.backend_multiplexed:  # calls named Service:method (Apache's multiplexing)
+        caller = MultiplexedCaller(caller, config.backend_multiplexed)
     gateway = Gateway(config, services, caller)
     if tls is not None:
         gateway.closers.append(tls.close)  # item 20: its watcher thread ends with the gateway

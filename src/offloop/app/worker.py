@@ -10,13 +10,16 @@ SIGINT skips the delay; a second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
+from offloop import tracing
 from offloop.app.signals import Stop, drain_delay, graceful_exit
+from offloop.idl import IdlError, load_idl, service_names
 from offloop.tls import reload_on_sighup
 from offloop.worker.config import WorkerConfig
 from offloop.worker.server import WorkerServer
 
-__all__ = ["serve_worker"]
+__all__ = ["serve_worker", "unknown_services"]
 
 
 async def serve_worker(
@@ -25,6 +28,7 @@ async def serve_worker(
     handler: object | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    handlers: Mapping[str, object] | None = None,
 ) -> None:
     """Start a :class:`~offloop.worker.server.WorkerServer` and serve until stopped.
 
@@ -36,6 +40,8 @@ async def serve_worker(
     Args:
         config: the worker's configuration.
         handler: the handler object, instead of importing ``config.handler``.
+        handlers: handler objects by service name (several services: ``config.services``),
+            instead of importing theirs.
         ready: set once the worker listens.
         stop: set to stop; when given, no signal handler is installed (embedding, tests),
             and there is no drain delay (for one, serve a ``WorkerServer`` yourself:
@@ -45,7 +51,8 @@ async def serve_worker(
         OffloopError, ImportError, OSError: the worker could not start (a handler that does
             not import or start, a port in use).
     """
-    server = WorkerServer(config, handler=handler)
+    tracing.setup("offloop-worker")  # on by the OTEL_* variables: docs/tracing.md
+    server = WorkerServer(config, handler=handler, handlers=handlers)
     if stop is not None:
         await _serve(server, ready, stop)
         return
@@ -66,3 +73,23 @@ async def _serve(
             await drain_delay(server.config.drain_delay, "worker")
     finally:
         await server.shutdown()
+
+
+def unknown_services(config: WorkerConfig) -> str | None:
+    """What is wrong with the services ``config`` names, in one line, if one of them is not
+    a service of its IDL (a typo: the user's to fix, like a bad setting); None when all are.
+
+    An IDL that does not load is not judged here: starting the worker says why.
+    """
+    try:
+        known = service_names(load_idl(config.idl))
+    except IdlError:
+        return None
+    missing = [name for name in config.handlers if name not in known]
+    if not missing:
+        return None
+    names = ", ".join(repr(name) for name in missing)
+    return (
+        f"--service: {config.idl} declares no service {names} "
+        f"(its services: {', '.join(known) or 'none'})"
+    )

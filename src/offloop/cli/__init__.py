@@ -7,7 +7,8 @@
 serves. Nothing is wired here.
 
 Exit statuses: 0 after a clean stop; 2 for a configuration error (a usage line, then one line
-naming the source and key of the bad value) or a handler that cannot be loaded (one line,
+naming the source and key of the bad value, or a service the IDL does not declare) or a
+handler that cannot be loaded (one line,
 ``offloop: cannot load handler 'shop:Handler': SyntaxError at shop.py:3: invalid syntax``; its
 traceback at DEBUG level); 1 when start-up failed (one log line says why: a
 port in use, a handler that does not import, an IDL that does not load); 130 on Ctrl-C outside
@@ -26,6 +27,7 @@ from typing import Any, NoReturn
 
 from offloop import __version__
 from offloop.app import build_gateway, run, serve_gateway, serve_worker
+from offloop.app.worker import unknown_services
 from offloop.cli.commands import (
     COMMANDS,
     LOG_OPTIONS,
@@ -34,6 +36,7 @@ from offloop.cli.commands import (
     add_hash_key,
     hash_key,
     reference,
+    worker_config,
 )
 from offloop.cli.settings import (
     ENV_PREFIX,
@@ -206,7 +209,8 @@ def _parse(
         schema = COMMANDS[name][0]
         values = schema.values(sources)
         if name == "worker":
-            return Invocation(name, logs, worker=schema.build(WorkerConfig, values))
+            worker = schema.build(WorkerConfig, values, worker_config)
+            return Invocation(name, logs, worker=worker)
         if name == "gateway":
             return Invocation(name, logs, gateway=schema.build(GatewayConfig, values))
         demo = UP.build(DemoConfig, values)
@@ -294,6 +298,9 @@ def _run(invocation: Invocation, parser: argparse.ArgumentParser) -> int:
     try:
         if invocation.command == "worker":
             assert invocation.worker is not None
+            unknown = unknown_services(invocation.worker)  # a typo: the user's, like a flag's
+            if unknown is not None:
+                parser.error(unknown)
             run(serve_worker(invocation.worker))
         elif invocation.command == "gateway":
             assert invocation.gateway is not None

@@ -21,6 +21,7 @@ from offloop.cli.kinds import Bool, Choice, Float, Kind, Pairs, toml_strings
 from offloop.cli.settings import (
     ENV_PREFIX,
     Schema,
+    SettingsError,
     Special,
     Tree,
     attribute_docs,
@@ -45,9 +46,11 @@ __all__ = [
     "HandlerSpec",
     "LogLevel",
     "LogOption",
+    "ServiceSpecs",
     "add_hash_key",
     "hash_key",
     "reference",
+    "worker_config",
 ]
 
 
@@ -72,13 +75,13 @@ class HandlerSpec(Kind):
     """``WorkerConfig.handler``: ``package.module:Name``, its form checked before anything
     is imported (whether it imports is the worker's start-up)."""
 
-    _FORM = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    FORM = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
     def metavar(self, flag: str) -> str:
         return "MODULE:NAME"
 
     def from_text(self, text: str) -> str:
-        if not self._FORM.match(text):
+        if not self.FORM.match(text):
             raise ValueError(f"expected package.module:Name, got {text!r}")
         return text
 
@@ -86,6 +89,66 @@ class HandlerSpec(Kind):
         if not isinstance(value, str):
             raise ValueError(f"expected package.module:Name, got {value!r}")
         return self.from_text(value)
+
+
+class ServiceSpecs(Kind):
+    """``WorkerConfig.service`` and ``services``: ``NAME`` (served by ``--handler``) or
+    ``NAME=package.module:Name``, once per service; in TOML a string, a list of such strings,
+    or a table ``{NAME = "package.module:Name"}``. Read as (name, handler) pairs, the handler
+    empty where none was given; :func:`worker_config` makes the config of them."""
+
+    repeatable = True
+
+    def metavar(self, flag: str) -> str:
+        return "NAME[=MODULE:NAME]"
+
+    def from_text(self, text: str) -> tuple[tuple[str, str], ...]:
+        return self.from_items([text])
+
+    def from_items(self, items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        specs: dict[str, str] = {}
+        for item in items:
+            name, sep, handler = (part.strip() for part in item.partition("="))
+            if not name.isidentifier() or (sep and not HandlerSpec.FORM.match(handler)):
+                raise ValueError(f"expected NAME or NAME=package.module:Name, got {item!r}")
+            if name in specs:
+                raise ValueError(f"service {name} is given twice")
+            specs[name] = handler
+        return tuple(specs.items())
+
+    def from_toml(self, value: object) -> tuple[tuple[str, str], ...]:
+        if isinstance(value, str):
+            return self.from_items([value])
+        if isinstance(value, dict):
+            if not all(isinstance(v, str) for v in value.values()):
+                raise ValueError(f"expected a table of package.module:Name, got {value!r}")
+            return self.from_items([f"{k}={v}" for k, v in value.items()])
+        return self.from_items(toml_strings(value))
+
+
+def worker_config(**settings: Any) -> WorkerConfig:
+    """The :class:`WorkerConfig` of the worker's settings, whose ``service`` holds what
+    :class:`ServiceSpecs` read: the first service becomes ``service`` (its handler, when
+    given, ``handler``), the others ``services``. A service given without a handler is served
+    by ``--handler``.
+
+    Raises:
+        SettingsError: a service has no handler and ``--handler`` is not given.
+        ValueError: the config refused the values.
+    """
+    specs: tuple[tuple[str, str], ...] = settings.pop("service", ())
+    handler: str = settings.pop("handler", "")
+    if not specs:
+        return WorkerConfig(service="", handler=handler, **settings)  # refused: no service
+    if not handler and not all(spec for _, spec in specs):
+        raise SettingsError("the following arguments are required: --handler")
+    (first, first_handler), *others = specs
+    return WorkerConfig(
+        service=first,
+        handler=first_handler or handler,
+        services={name: spec or handler for name, spec in others},
+        **settings,
+    )
 
 
 #: The gateway's fields whose flags are singular, or whose values are text of a given form.
@@ -109,6 +172,12 @@ GATEWAY_SPECIAL = {
         metavar="SERVICE.METHOD",
         help="a method that may be retried after it was sent (``Service.method``).",
     ),
+    "backend_multiplexed": Special(
+        metavar="SERVICE",
+        help="a service whose backends serve several services on one port (Apache's "
+        "``TMultiplexedProtocol``): its calls are named ``Service:method``; ``*`` for every "
+        "service; give it once per service.",
+    ),
     "exception_status": Special(
         Pairs("TYPE=STATUS"),
         help="the HTTP status (4xx or 5xx) of a declared exception type; the others get 422.",
@@ -117,14 +186,23 @@ GATEWAY_SPECIAL = {
 
 #: The gateway's fields that ``offloop up`` sets itself (the demo is plaintext on localhost:
 #: no TLS, front or backend).
-DEMO_FIXED = frozenset({"idl", "backends", "services", "tls", "backend_tls"})
+DEMO_FIXED = frozenset({"idl", "backends", "services", "tls", "backend_tls", "backend_multiplexed"})
 
 WORKER = Schema(
     "worker",
     Tree(
         WorkerConfig,
-        require=frozenset({"handler"}),
-        special={"handler": Special(HandlerSpec()), "app_dir": Special(metavar="DIR")},
+        exclude=frozenset({"services"}),  # the --service flag gives them
+        special={
+            "service": Special(
+                ServiceSpecs(),
+                help="a service of the IDL to serve: ``NAME`` (its handler is ``handler``) or "
+                "``NAME=package.module:Name``; give it once per service, to serve several on "
+                "one port (see docs/worker.md, several services).",
+            ),
+            "handler": Special(HandlerSpec()),
+            "app_dir": Special(metavar="DIR"),
+        },
     ),
 )
 GATEWAY = Schema("gateway", Tree(GatewayConfig, special=GATEWAY_SPECIAL))

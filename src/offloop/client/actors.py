@@ -7,9 +7,9 @@ The gateway keeps accepting HTTP on its event loop; what differs from the event-
     ────────────────────────────────                  ─────────────────────────────
     Gateway ─ ActorCaller.call
                 │ call_with_retries: balancer picks a healthy backend
-                │ _ActorGroup.route: an idle actor of it, else the shortest mailbox,
-                │                    else Overloaded (503) at once
-                │ ref.tell(_Call) ─────────────────►  ThriftActor.on_receive
+                │ ActorGroup.route: an idle actor of it, else the shortest mailbox,
+                │                   else Overloaded (503) at once
+                │ ref.tell(ActorCall) ───────────────►  ThriftActor.on_receive
                 │                                        BlockingClient.call
                 │                                        (socket, framing, Cython codec;
                 │                                         timeout = time left)
@@ -24,11 +24,20 @@ running call and ``mailbox`` queued.
 Life of a call, on the loop side: *told* (counted in its actor's mailbox) -> *finished* (the
 actor reported, the count drops) or *given up* (deadline, cancellation, close: the caller's
 future is settled, but the count drops only when the actor reports, so an actor stuck in a
-call is not given more). An actor skips a call given up before it started.
+call is not given more). Giving up sets the call's
+:class:`~offloop.client.blocking.GiveUp` (issue 13): an actor skips a call given up before it
+started (it is never sent), and the client of an actor blocked on a call given up in flight
+wakes, writes ``offloop.cancel`` for it on its THeader connection, and reports at once, so the
+worker stops the call and the actor takes its next one on the same connection.
 
 Each actor's client is a :class:`~offloop.client.blocking.BlockingClient`, which resets its
 socket after any error that leaves the stream unknown and when a health probe of its backend
 failed, and reconnects lazily.
+
+Modules: this one is the caller (:class:`ActorCaller`: life cycle, spreading actors over
+backends, submitting calls, supervision); :mod:`offloop.client.actor` is the actor and what it
+shares with the loop; :mod:`offloop.client.actor_groups` the actors of one backend and the
+routing rule.
 
 Supervision: a broken connection is the client's business (it reconnects, see above); an
 actor that dies of an unexpected exception is replaced in the same slot once its thread has
@@ -41,18 +50,15 @@ none after :meth:`ActorCaller.close`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pykka
 
+from offloop.client.actor import THREAD_PREFIX, ActorCall, ActorCrashed, ActorLink, ThriftActor
+from offloop.client.actor_groups import ActorGroup, Slot
 from offloop.client.balancer import Backend, Balancer, HealthConfig
 from offloop.client.blocking import BlockingClient
 from offloop.client.caller import (
@@ -66,17 +72,13 @@ from offloop.client.config import ClientConfig
 from offloop.client.discovery import Discoveries, Resolver
 from offloop.client.errors import NotSentClosedError, NotSentOverloaded
 from offloop.client.targets import DnsTarget, StaticTarget, TargetLike, as_target
-from offloop.errors import ClosedError, DeadlineExceeded, NoBackendError, OffloopError
+from offloop.errors import ClosedError, DeadlineExceeded, NoBackendError
 from offloop.idl import MethodInfo
-from offloop.runtime.limiter import Limiter
 from offloop.tls import ClientTLS
 
 __all__ = ["THREAD_PREFIX", "ActorCaller", "ActorCrashed", "ThriftActor"]
 
 log = logging.getLogger("offloop.client.actors")
-
-#: Prefix of every actor thread's name (the slot number follows), to find them in dumps.
-THREAD_PREFIX = "offloop-actor-"
 
 #: The loop gives up on a call this long after its deadline, so that the actor's own socket
 #: timeout (which also resets its client) normally answers first.
@@ -85,271 +87,6 @@ _EXPIRY_MARGIN = 0.05
 #: Bounded by what an actor may be doing: a connect (``connect_timeout``) or a call that
 #: close() interrupts at once.
 _THREAD_WAIT = 5.0
-
-
-class ActorCrashed(OffloopError):
-    """The actor running the call died of an unexpected exception (a bug on our side).
-
-    Not a transport error: the backend is not to blame, so it is not marked down. The
-    actor's queued calls, never sent, fail with ``NotSentOverloaded`` instead (503, may be
-    retried elsewhere).
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, public_message="internal error: actor failed")
-
-
-# -- messages, and what an actor shares with the loop --------------------------------------
-
-
-class _Call:
-    """One call told to an actor. ``skip`` is set on the loop once nobody waits for it."""
-
-    __slots__ = ("args", "context", "deadline", "future", "method", "skip", "timeout")
-
-    def __init__(
-        self,
-        method: MethodInfo,
-        args: Any,
-        deadline: float,
-        timeout: float,
-        future: asyncio.Future[Any],
-    ) -> None:
-        self.method = method
-        self.args = args
-        self.deadline = deadline  # time.monotonic(), which both threads share
-        self.timeout = timeout
-        self.future = future
-        self.skip = False  # a bool: read by the actor's thread without a lock
-        # The caller's context variables (request id, principal: offloop.context), for the
-        # info headers the actor's client sends.
-        self.context = contextvars.copy_context()
-
-
-#: Tells an actor to close its socket (its backend failed a health probe).
-_RESET = object()
-
-#: (link, call, ok, value or exception), run on the loop when an actor has finished a call.
-FinishedCallback = Callable[["_ActorLink", _Call, bool, Any], None]
-#: (link, the exception that killed the actor), run on the loop.
-DiedCallback = Callable[["_ActorLink", BaseException | None], None]
-
-
-class _ActorLink:
-    """What one actor incarnation shares with the loop: its client, thread and callbacks."""
-
-    def __init__(
-        self,
-        slot: _Slot,
-        client: BlockingClient,
-        loop: asyncio.AbstractEventLoop,
-        finished: FinishedCallback,
-        died: DiedCallback,
-    ) -> None:
-        self.slot = slot
-        self.name = f"{THREAD_PREFIX}{slot.index}"
-        self.client = client
-        self.loop = loop
-        self.finished = finished
-        self.died = died
-        self.started = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.ref: pykka.ActorRef[ThriftActor] | None = None
-
-    def post(self, callback: Callable[..., None], *args: Any) -> None:
-        """Run ``callback(*args)`` on the loop (from the actor's thread)."""
-        try:
-            self.loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: nobody is left to tell
-            log.debug("%s: loop closed, outcome dropped", self.name)
-
-    def join(self, timeout: float) -> bool:
-        """Wait (in a worker thread) until the actor's thread has exited; True if it has."""
-        end = time.monotonic() + timeout
-        self.started.wait(timeout)
-        thread = self.thread
-        if thread is None:
-            return False
-        thread.join(max(0.0, end - time.monotonic()))
-        return not thread.is_alive()
-
-
-class ThriftActor(pykka.ThreadingActor):
-    """A Pykka actor owning one :class:`BlockingClient`; it runs the calls told to it, one at
-    a time, in its own thread, and hands each outcome to the loop.
-
-    Messages: a ``_Call`` (run it, unless the loop gave up on it) or ``_RESET`` (close the
-    socket). Expected outcomes (a value, an :class:`~offloop.errors.OffloopError`, a declared
-    exception) are answered; anything else escapes, Pykka stops the actor, and
-    :meth:`on_failure` tells the loop, which replaces it.
-
-    Args:
-        link: what this actor shares with the loop.
-    """
-
-    def __init__(self, link: _ActorLink) -> None:
-        super().__init__()
-        self._link = link
-
-    def on_start(self) -> None:
-        thread = threading.current_thread()
-        thread.name = self._link.name
-        self._link.thread = thread
-        self._link.started.set()
-
-    def on_receive(self, message: Any) -> Any:
-        link = self._link
-        if message is _RESET:
-            link.client.reset()
-            return None
-        if not isinstance(message, _Call):
-            return super().on_receive(message)
-        call = message
-        if call.skip:  # given up (deadline, cancel, close) before it started
-            link.post(link.finished, link, call, False, None)
-            return None
-        try:
-            value = call.context.run(
-                link.client.call, call.method, call.args, call.deadline, call.timeout
-            )
-        except Exception as exc:
-            declared = tuple(cls for _, cls in call.method.exceptions)
-            if not isinstance(exc, (OffloopError, *declared)):
-                raise  # a bug: let the actor die and be replaced
-            link.post(link.finished, link, call, False, exc)
-        except BaseException as exc:
-            # Pykka answers a BaseException escaping an actor by stopping *every* actor of
-            # the process; make it an ordinary failure of this one actor instead.
-            raise RuntimeError(f"{type(exc).__name__} in {link.name}: {exc}") from exc
-        else:
-            link.post(link.finished, link, call, True, value)
-        return None
-
-    def on_stop(self) -> None:
-        self._link.client.close()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._link.client.close()
-        self._link.post(self._link.died, self._link, exception_value)
-
-
-# -- the loop side -------------------------------------------------------------------------
-
-
-class _Slot:
-    """A place for one actor; the actor in it is replaced when it dies."""
-
-    def __init__(self, index: int, group: _ActorGroup) -> None:
-        self.index = index
-        self.group = group
-        self.link: _ActorLink | None = None
-        self.alive = False
-        # Calls told to the current actor and not yet reported, oldest (running) first;
-        # each holds a slot of ``limiter``.
-        self.calls: deque[_Call] = deque()
-        self.limiter = Limiter(group.mailbox + 1, name=f"calls held by actor {index}")
-
-    def take(self, call: _Call) -> None:
-        """Count ``call`` as held (its limiter slot is already acquired)."""
-        self.calls.append(call)
-
-    def drop(self, call: _Call) -> None:
-        """Forget ``call`` and free its slot, if the slot still holds it."""
-        try:
-            self.calls.remove(call)
-        except ValueError:  # already failed by close or a crash
-            return
-        self.limiter.release()
-
-    def drop_all(self) -> deque[_Call]:
-        """Forget every call held, freeing their slots; returns them oldest first."""
-        calls, self.calls = self.calls, deque()
-        for _ in calls:
-            self.limiter.release()
-        return calls
-
-
-class _ActorGroup:
-    """The actors of one backend: the balancer's :class:`~offloop.client.balancer.Target`.
-
-    Args:
-        host: the backend's host.
-        port: the backend's port.
-        mailbox: calls an actor may hold queued behind the one it runs.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        mailbox: int,
-        retire: Callable[[_ActorGroup], Awaitable[None]] | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.peer = f"{host}:{port}"
-        self.mailbox = mailbox
-        self.slots: list[_Slot] = []
-        self.closing = False
-        self._retire = retire
-
-    @property
-    def in_flight(self) -> int:
-        """Calls held by the group's actors, running or queued."""
-        return sum(slot.limiter.borrowed for slot in self.slots)
-
-    def route(self) -> _Slot:
-        """An idle actor, else the one with the shortest mailbox; its limiter slot is taken
-        (the caller hands it to :meth:`_Slot.take`, or releases it).
-
-        Raises:
-            NotSentOverloaded: every actor holds its running call and ``mailbox`` more, or
-                none is running (being replaced).
-        """
-        best: _Slot | None = None
-        for slot in self.slots:
-            if not slot.alive:
-                continue
-            if not slot.limiter.borrowed:
-                best = slot
-                break
-            if best is None or slot.limiter.borrowed < best.limiter.borrowed:
-                best = slot
-        if best is None:
-            raise NotSentOverloaded(
-                f"no actor of {self.peer} is running", public_message="backend overloaded"
-            )
-        if not best.limiter.try_acquire():
-            raise NotSentOverloaded(
-                f"every actor of {self.peer} holds {best.limiter.borrowed} calls (mailbox "
-                f"{self.mailbox})",
-                public_message="backend overloaded: every actor is busy",
-            )
-        return best
-
-    async def drop_connections(self) -> None:
-        """Drop the group's connections (a health probe failed): each actor closes its
-        socket before its next call. The actors stay."""
-        if self.closing:
-            return
-        for slot in self.slots:
-            if slot.alive and slot.link is not None and slot.link.ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    slot.link.ref.tell(_RESET)
-
-    async def close(self) -> None:
-        """A backend that left its DNS target's set, drained: its actors stop. At shutdown,
-        nothing to close per group: :meth:`ActorCaller.close` stops every actor."""
-        if self._retire is not None and not self.closing:
-            self.closing = True
-            await self._retire(self)
-            return
-        await self.drop_connections()
 
 
 class ActorCaller:
@@ -406,14 +143,14 @@ class ActorCaller:
         self._mailbox = mailbox
         self._discoveries = Discoveries(resolver)
         self._balancers: dict[str, Balancer] = {}
-        groups: list[_ActorGroup] = []
+        groups: list[ActorGroup] = []
         dynamic: list[tuple[DnsTarget, Balancer]] = []
         for service, targets in backends.items():
             members = []
             found = [as_target(t) for t in targets]
             for target in found:
                 if isinstance(target, StaticTarget):
-                    group = _ActorGroup(target.host, target.port, mailbox)
+                    group = ActorGroup(target.host, target.port, mailbox)
                     groups.append(group)
                     members.append(Backend(target.host, target.port, group))
             balancer = Balancer(
@@ -429,24 +166,24 @@ class ActorCaller:
         for target, balancer in dynamic:
             self._discoveries.follow(target, balancer, self._group)
         self._groups = groups
-        self._slots: list[_Slot] = []
+        self._slots: list[Slot] = []
         # Item 7: ``actors`` is a cap on all actors, DNS ones included. Without DNS targets
         # the static backends share them all; with some, each static backend gets a share
         # (as many as a DNS target gets in all), and the DNS backends share the rest.
         share = max(1, actors // (len(groups) + len(dynamic)))
         static = max(actors, len(groups)) if not dynamic else share * len(groups)
         for i in range(static):
-            slot = _Slot(i, groups[i % len(groups)])
+            slot = Slot(i, groups[i % len(groups)])
             slot.group.slots.append(slot)
             self._slots.append(slot)
         #: Most actors at once: ``actors``, but one per static backend and DNS target at least.
         self._cap = max(actors, static + len(dynamic))
         self._static = static
         #: The groups of backends found by DNS, which share ``_cap - _static`` actors.
-        self._found: list[_ActorGroup] = []
+        self._found: list[ActorGroup] = []
         self._rebalancing = False
         self._next_slot = len(self._slots)
-        self._retired: list[_ActorLink] = []  # actors of drained backends, stopping
+        self._retired: list[ActorLink] = []  # actors of drained backends, stopping
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -465,10 +202,10 @@ class ActorCaller:
         for balancer in self._balancers.values():
             balancer.start()
 
-    def _group(self, host: str, port: int) -> _ActorGroup:
+    def _group(self, host: str, port: int) -> ActorGroup:
         """The actors of a backend found by DNS (started at once if the caller runs): one
         now, if the cap leaves room, and its share once the whole answer is in."""
-        group = _ActorGroup(host, port, self._mailbox, self._retire)
+        group = ActorGroup(host, port, self._mailbox, self._retire)
         self._groups.append(group)
         self._found.append(group)
         self._grow(group, 1)
@@ -481,11 +218,11 @@ class ActorCaller:
         self._rebalance_soon()
         return group
 
-    def _grow(self, group: _ActorGroup, n: int) -> None:
+    def _grow(self, group: ActorGroup, n: int) -> None:
         """Give ``group`` up to ``n`` more actors, as the cap allows (actors still stopping
         count against it until their threads have exited)."""
         for _ in range(min(n, self._cap - len(self._slots) - len(self._retired))):
-            slot = _Slot(self._next_slot, group)
+            slot = Slot(self._next_slot, group)
             self._next_slot += 1
             group.slots.append(slot)
             self._slots.append(slot)
@@ -517,7 +254,7 @@ class ActorCaller:
         """The even share of a DNS backend now."""
         return max(1, (self._cap - self._static) // max(1, len(self._found)))
 
-    def _shrink(self, group: _ActorGroup, each: int) -> None:
+    def _shrink(self, group: ActorGroup, each: int) -> None:
         """Stop idle actors of ``group`` beyond ``each`` (a busy one is asked again once its
         calls are done: :meth:`_finished`); their room goes to the others once they exit."""
         assert self._loop is not None
@@ -535,17 +272,17 @@ class ActorCaller:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _reap(self, link: _ActorLink) -> None:
+    async def _reap(self, link: ActorLink) -> None:
         """Wait (off the loop, bounded) for a stopped actor's thread, then use its room."""
         assert self._loop is not None
         if await self._loop.run_in_executor(None, link.join, _THREAD_WAIT):
             self._retired = [other for other in self._retired if other is not link]
         self._rebalance_soon()
 
-    async def _retire(self, group: _ActorGroup) -> None:
+    async def _retire(self, group: ActorGroup) -> None:
         """Stop the actors of a backend that left the set and drained, and wait (off the
         loop, bounded) for their threads."""
-        links: list[_ActorLink] = []
+        links: list[ActorLink] = []
         for slot in group.slots:
             self._fail_calls(
                 slot,
@@ -572,11 +309,11 @@ class ActorCaller:
         if found:
             self._rebalance_soon()  # its actors' room goes to the others
 
-    def _spawn(self, slot: _Slot) -> _ActorLink:
+    def _spawn(self, slot: Slot) -> ActorLink:
         assert self._loop is not None
         group = slot.group
         client = BlockingClient(group.host, group.port, self._client, tls=self._tls)
-        link = _ActorLink(slot, client, self._loop, self._finished, self._died)
+        link = ActorLink(slot, client, self._loop, self._finished, self._died)
         link.ref = ThriftActor.start(link)
         slot.link = link
         slot.alive = True
@@ -596,7 +333,7 @@ class ActorCaller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        links: list[_ActorLink] = list(self._retired)
+        links: list[ActorLink] = list(self._retired)
         for slot in self._slots:
             self._fail_calls(
                 slot,
@@ -638,19 +375,24 @@ class ActorCaller:
             raise NoBackendError(f"no backend is configured for service {service}")
 
         async def attempt(backend: Backend, remaining: float) -> Any:
-            group: _ActorGroup = backend.target  # type: ignore[assignment]
+            group: ActorGroup = backend.target  # type: ignore[assignment]
             return await self._submit(group.route(), method, args, remaining)
 
         return await call_with_retries(
-            balancer, attempt, service=service, timeout=timeout, idempotent=idempotent
+            balancer,
+            attempt,
+            service=service,
+            timeout=timeout,
+            idempotent=idempotent,
+            method=method.name,
         )
 
-    async def _submit(self, slot: _Slot, method: MethodInfo, args: Any, timeout: float) -> Any:
+    async def _submit(self, slot: Slot, method: MethodInfo, args: Any, timeout: float) -> Any:
         loop = self._loop
         link = slot.link
         assert loop is not None and link is not None and link.ref is not None
         fut: asyncio.Future[Any] = loop.create_future()
-        call = _Call(method, args, time.monotonic() + timeout, timeout, fut)
+        call = ActorCall(method, args, time.monotonic() + timeout, timeout, fut)
         try:
             link.ref.tell(call)
         except pykka.ActorDeadError as exc:  # died; the loop has not heard yet
@@ -665,9 +407,9 @@ class ActorCaller:
             return await fut
         finally:
             handle.cancel()
-            call.skip = True
+            call.give_up()
 
-    def _finished(self, link: _ActorLink, call: _Call, ok: bool, value: Any) -> None:
+    def _finished(self, link: ActorLink, call: ActorCall, ok: bool, value: Any) -> None:
         slot = link.slot
         if slot.link is link:
             slot.drop(call)
@@ -690,7 +432,7 @@ class ActorCaller:
                 else NotSentClosedError(f"{link.name} skipped the call")
             )
 
-    def _died(self, link: _ActorLink, exc: BaseException | None) -> None:
+    def _died(self, link: ActorLink, exc: BaseException | None) -> None:
         slot = link.slot
         if slot.link is not link:
             return
@@ -710,7 +452,7 @@ class ActorCaller:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _replace(self, slot: _Slot, old: _ActorLink) -> None:
+    async def _replace(self, slot: Slot, old: ActorLink) -> None:
         assert self._loop is not None
         if not await self._loop.run_in_executor(None, old.join, _THREAD_WAIT):
             log.warning(
@@ -723,14 +465,14 @@ class ActorCaller:
 
     @staticmethod
     def _fail_calls(
-        slot: _Slot,
+        slot: Slot,
         running: Callable[[str], Exception],
         queued: Callable[[str], Exception],
     ) -> None:
         """Fail every call the slot holds: the oldest (perhaps sent) with ``running``, the
         rest (not sent) with ``queued``."""
         for i, call in enumerate(slot.drop_all()):
-            call.skip = True
+            call.give_up()
             if not call.future.done():
                 call.future.set_exception((running if i == 0 else queued)(slot.group.peer))
 
@@ -754,7 +496,7 @@ class ActorCaller:
         return sum(slot.alive for slot in self._slots)
 
 
-def _expire(call: _Call, peer: str) -> None:
+def _expire(call: ActorCall, peer: str) -> None:
     if not call.future.done():
         call.future.set_exception(
             DeadlineExceeded(
@@ -763,13 +505,13 @@ def _expire(call: _Call, peer: str) -> None:
         )
 
 
-def _wait_started(links: Sequence[_ActorLink]) -> None:
+def _wait_started(links: Sequence[ActorLink]) -> None:
     end = time.monotonic() + _THREAD_WAIT
     for link in links:
         if not link.started.wait(max(0.0, end - time.monotonic())):
             log.warning("%s has not started within %.0f s", link.name, _THREAD_WAIT)
 
 
-def _join_all(links: Sequence[_ActorLink]) -> list[str]:
+def _join_all(links: Sequence[ActorLink]) -> list[str]:
     end = time.monotonic() + _THREAD_WAIT
     return [link.name for link in links if not link.join(max(0.0, end - time.monotonic()))]

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from offloop import tracing
 from offloop.client.balancer import Backend, Balancer, HealthConfig
 from offloop.client.config import ClientConfig
 from offloop.client.discovery import Discoveries, Resolver
@@ -183,9 +184,11 @@ async def call_with_retries(
     service: str,
     timeout: float,
     idempotent: bool,
+    method: str | None = None,
 ) -> Any:
     """Run ``attempt(backend, remaining_timeout)`` on picked backends, by the retry policy
-    in the module docstring.
+    in the module docstring. With tracing on, each attempt is a client span
+    (:func:`offloop.tracing.traced_attempt`; ``method`` names it).
 
     Raises:
         NotSentOverloaded: every backend that is up is at its learned limit (nothing tried).
@@ -224,7 +227,17 @@ async def call_with_retries(
         tried.append(backend)
         ahead = backend.target.in_flight
         try:
-            value = await attempt(backend, remaining)
+            if tracing.ENABLED:
+                value = await tracing.traced_attempt(
+                    attempt(backend, remaining),
+                    service,
+                    method,
+                    backend.host,
+                    backend.port,
+                    len(tried),
+                )
+            else:
+                value = await attempt(backend, remaining)
         except Overloaded as exc:  # refused by the backend, or by our own limit: not run
             # Only the backend's own refusal tells its capacity: not our limits (not sent),
             # nor a worker that refuses everything because it is shutting down.
@@ -320,7 +333,12 @@ class AsyncCaller:
             return await pool.call(method, args, timeout=remaining)
 
         return await call_with_retries(
-            balancer, attempt, service=service, timeout=timeout, idempotent=idempotent
+            balancer,
+            attempt,
+            service=service,
+            timeout=timeout,
+            idempotent=idempotent,
+            method=method.name,
         )
 
     def ready(self) -> bool:

@@ -53,7 +53,14 @@ from offloop.errors import (
 )
 from offloop.idl import MethodInfo
 
-__all__ = ["CANCEL_METHOD", "PROBE_METHOD", "SEQID_MASK", "CallCodec", "ReplyHeader"]
+__all__ = [
+    "CANCEL_METHOD",
+    "PROBE_METHOD",
+    "SEQID_MASK",
+    "SERVICE_SEPARATOR",
+    "CallCodec",
+    "ReplyHeader",
+]
 
 #: Seqids are non-negative i32 values; the counter wraps to 0 after 2**31 - 1.
 SEQID_MASK = 0x7FFFFFFF
@@ -65,6 +72,9 @@ PROBE_SEQID = 0
 #: Issue 13, cancellation: a oneway message of this name, in a header frame, whose seqid is
 #: that of a call the client gave up on (reserved like :data:`PROBE_METHOD`).
 CANCEL_METHOD = "offloop.cancel"
+#: Several services on one port (Apache's ``TMultiplexedProtocol``): a call of ``method`` of
+#: ``Service`` is named ``Service:method``; the server answers with the plain ``method``.
+SERVICE_SEPARATOR = ":"
 
 
 class _NoArgs(TPayload):  # type: ignore[misc]
@@ -266,7 +276,8 @@ class CallCodec:
                 fault_error`) the server answered with a ``TApplicationException``.
             Exception: a declared exception of the method, as its own class.
         """
-        if reply.name != method.name:
+        # A multiplexed call (Service:method) is answered under the plain method name.
+        if reply.name != method.name and reply.name != method.name.rpartition(":")[2]:
             raise RemoteProtocolError(
                 f"{self.peer} answered seqid {reply.seqid} of {method.name} with a reply "
                 f"named {reply.name!r}"

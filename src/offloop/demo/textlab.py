@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from offloop.batching import batched
+from offloop.context import check_deadline
 from offloop.idl import load_idl
 
 if TYPE_CHECKING:
@@ -354,11 +355,18 @@ class Handler:
 
         Raises:
             InvalidArgument: ``millis`` is outside 0 to ``MAX_MILLIS``.
+            DeadlineExceeded: the call's caller gave up, or its deadline passed: looked at
+                after each millisecond of work (:func:`offloop.check_deadline`).
         """
         self._check_millis(millis)
-        iterations = self.iterations_per_ms * millis
-        _spin(iterations)
-        return iterations
+        per_ms = self.iterations_per_ms
+        # A millisecond's work at a time, then a look at the call's deadline and its caller:
+        # a call whose caller gave up (or whose deadline passed) stops there, in a thread pool
+        # too, where it cannot be killed (check_deadline raises DeadlineExceeded).
+        for _ in range(millis):
+            _spin(per_ms)
+            check_deadline()
+        return per_ms * millis
 
     def crunch(self, n: int) -> float:
         """Multiply two seeded random ``n`` x ``n`` float64 matrices; the GIL is released.

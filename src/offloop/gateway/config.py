@@ -376,6 +376,10 @@ class GatewayConfig:
         tls: HTTPS on the front, both servers (mutual TLS with ``tls_client_ca``); see
             docs/security.md.
         backend_tls: TLS to the workers, in both modes; see docs/security.md.
+        backend_multiplexed: services whose backends serve several services on one port
+            (Apache's ``TMultiplexedProtocol``): their calls are named ``Service:method``;
+            ``*`` for every service. Needed for Apache's ``TMultiplexedProcessor``, and for
+            an offloop worker serving several services that share a method name.
     """
 
     idl: str
@@ -401,6 +405,7 @@ class GatewayConfig:
     backend_tls: ClientTLSConfig = field(
         default_factory=ClientTLSConfig, metadata={"prefix": "backend-tls-"}
     )
+    backend_multiplexed: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.backends:

@@ -37,6 +37,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from offloop import tracing
 from offloop.client.caller import AT_LIMIT, Caller, shedding
 from offloop.codec.jsonmap import JsonMappingError, args_from_json, parse_json, result_to_json
 from offloop.context import REQUEST_ID, new_request_id, valid_request_id
@@ -71,6 +72,10 @@ _STATIC_TYPES = {
 }
 # Root paths (of mounts: each host app has a few) whose OpenAPI document is kept made.
 _MAX_ROOTS = 8
+# Routes of requests no route matched (metrics' labels): no ``http.route`` in their span.
+_UNROUTED = ("unknown", "/rpc/unknown")
+# Probes and scrapes, every few seconds from each prober: no span (docs/tracing.md).
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +298,12 @@ class Gateway:
         started = time.perf_counter()
         rid = valid_request_id(request.headers.get("x-request-id")) or new_request_id()
         token = REQUEST_ID.set(rid)
+        # Issue 13: the request's server span (offloop.tracing), current while it is served.
+        trace = (
+            tracing.http_span(request.method, request.path, request.headers, request.client, rid)
+            if tracing.ENABLED and request.path not in _UNTRACED
+            else None
+        )
         try:
             if self._door.active:
                 route, response, caller = await self._door.serve(request, self._route)
@@ -301,14 +312,22 @@ class Gateway:
                 caller = None
         except Exception as exc:  # a bug of ours: still a JSON answer, counted like any other
             route, response, caller = "unknown", self.error(exc), None
+        except BaseException as exc:  # cancelled (the client went away): no answer
+            if trace is not None:
+                trace.end(None, None, exc)
+            raise
         finally:
             REQUEST_ID.reset(token)
+            if trace is not None:
+                trace.detach()
         took = time.perf_counter() - started
         self.metrics.observe(route, response.status, took)
         who = None if caller is None else str(caller)
         log_access(
             request.method, request.path, response.status, took * 1000, caller=who, request_id=rid
         )
+        if trace is not None:
+            trace.end(None if route in _UNROUTED else route, response.status)
         return _with_request_id(response, rid)
 
     def refuse_method(self, request: Request) -> Response:

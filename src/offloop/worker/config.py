@@ -10,6 +10,7 @@ queue bound when ``max_queued`` is unset) are computed when read, never stored, 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -145,10 +146,12 @@ class WorkerConfig:
 
     Attributes:
         idl: path of the ``.thrift`` file.
-        service: the service of the IDL the handler implements.
-        handler: ``package.module:Name`` of the handler; a class is instantiated with no
-            arguments once per pool process (process pool) or once (thread pool). A handler
-            object can be given to :class:`~offloop.worker.server.WorkerServer` instead.
+        service: the service of the IDL the handler implements (with ``services``, the
+            first of several).
+        handler: ``package.module:Name`` of the handler of ``service`` (and of the
+            ``services`` named without one); a class is instantiated with no arguments once
+            per pool process (process pool) or once (thread pool). A handler object can be
+            given to :class:`~offloop.worker.server.WorkerServer` instead.
         protocol: ``binary`` (default) or ``compact``, over framed transport.
         app_dir: the directory the handler's module is imported from, put first on the
             import path of the worker and of its pool processes (as uvicorn's ``--app-dir``);
@@ -167,6 +170,10 @@ class WorkerConfig:
             authenticated) even though the Thrift port does not require mutual TLS; with
             ``tls_client_ca`` set it is always taken, otherwise (the default) ignored and
             handlers see no principal, as any client that reaches the port could send one.
+        services: more services of the IDL served on the same port, each by its own
+            handler: service name -> ``package.module:Name`` (empty: ``handler``). Calls
+            name a method ``method`` when one service has it, or ``Service:method`` (Apache's
+            ``TMultiplexedProtocol``); see docs/worker.md.
     """
 
     idl: str
@@ -184,14 +191,27 @@ class WorkerConfig:
     admin: AdminConfig = field(default_factory=AdminConfig, metadata={"prefix": "admin-"})
     tls: WorkerTLSConfig = field(default_factory=WorkerTLSConfig, metadata={"prefix": "tls-"})
     trust_principal: bool = False
+    services: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.service:
+            raise ValueError("service must name a service of the IDL")
+        if self.service in self.services:
+            raise ValueError(f"service {self.service} is given twice")
         if self.protocol not in ("binary", "compact"):
             raise ValueError(f"protocol must be 'binary' or 'compact', not {self.protocol!r}")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
         if self.drain_delay < 0:
             raise ValueError("drain_delay must be >= 0")
+
+    @property
+    def handlers(self) -> dict[str, str]:
+        """Every service served, in order, with its handler's ``package.module:Name``
+        (empty where none is named: a handler object is given instead)."""
+        return {self.service: self.handler} | {
+            name: spec or self.handler for name, spec in self.services.items()
+        }
 
     @property
     def trusts_principal(self) -> bool:

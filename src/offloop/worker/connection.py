@@ -299,7 +299,9 @@ class Call:
         self.started = False
 
     def fault(self, kind: FaultKind, detail: str) -> bytes:
-        return self.codec.fault(self.header.name, self.header.seqid, kind, detail)
+        # Under the plain method name, as every reply (several services: services.py).
+        name = self.header.name.rpartition(":")[2]
+        return self.codec.fault(name, self.header.seqid, kind, detail)
 
 
 class PlainConnection(Connection):

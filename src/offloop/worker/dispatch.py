@@ -70,6 +70,8 @@ __all__ = [
     "Dispatcher",
     "DispatcherFactory",
     "Reply",
+    "Timed",
+    "TimedReplies",
 ]
 
 log = logging.getLogger("offloop.worker")
@@ -110,6 +112,21 @@ class CallJob:
 
 #: A call as the pool receives it.
 Job = bytes | CallJob
+
+
+class Timed(list[Job]):
+    """Jobs whose run the pool's worker times (issue 13, tracing on: the worker's span of a
+    call shows its time queued and running apart). The dispatcher answers them with
+    :class:`TimedReplies`."""
+
+
+class TimedReplies(list[Reply]):
+    """The replies to :class:`Timed` jobs, with when they started and ended running (ns
+    since the epoch, :func:`time.time_ns`: one clock for the processes of a host)."""
+
+    started: int = 0
+    ended: int = 0
+
 
 #: Seconds between two WARNING lines about bad requests; the others go to DEBUG. A client
 #: sending garbage (a fuzzer: hundreds a second) must not flood the log with its faults.
@@ -192,10 +209,20 @@ class Dispatcher:
             )
 
     def __call__(self, frames: Sequence[Job]) -> list[Reply]:
-        """Run each call of ``frames`` (one call, or a batch of one batched method)."""
+        """Run each call of ``frames`` (one call, or a batch of one batched method); for
+        :class:`Timed` jobs, their :class:`TimedReplies`."""
+        if type(frames) is Timed:
+            return self._timed(frames)
         if len(frames) == 1:
             return [self.call_one(frames[0])]
         return self.call_batch(frames)
+
+    def _timed(self, frames: Timed) -> TimedReplies:
+        started = time.time_ns()
+        replies = TimedReplies(self(list(frames)))
+        replies.started = started
+        replies.ended = time.time_ns()
+        return replies
 
     def _unpack(self, job: Job) -> tuple[Dispatcher, bytes, CallContext]:
         if isinstance(job, bytes):

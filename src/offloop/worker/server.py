@@ -51,8 +51,10 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from offloop import tracing
 from offloop.codec.call import CANCEL_METHOD, PROBE_METHOD
 from offloop.codec.faults import FaultKind
 from offloop.codec.header import (
@@ -63,7 +65,7 @@ from offloop.codec.header import (
     is_header_frame,
     split_header_frame,
 )
-from offloop.codec.message import CALL, ONEWAY, MessageCodec
+from offloop.codec.message import CALL, ONEWAY, Header, MessageCodec
 from offloop.context import PRINCIPAL_HEADER, REQUEST_ID, CallContext
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded, RemoteProtocolError
 from offloop.idl import ServiceInfo, load_idl, service_info
@@ -76,11 +78,12 @@ from offloop.worker.admin import AdminServer
 from offloop.worker.batcher import Batcher
 from offloop.worker.config import WorkerConfig
 from offloop.worker.connection import Call, Connection, PlainConnection
-from offloop.worker.dispatch import CallJob, Dispatcher, DispatcherFactory, Job, Reply
+from offloop.worker.dispatch import CallJob, Dispatcher, DispatcherFactory, Job, Reply, Timed
 from offloop.worker.handshake import TLSListener, listening_socket, plaintext_reply
 from offloop.worker.health import WorkerHealth
 from offloop.worker.metrics import ConnectionStats, WorkerMetrics
 from offloop.worker.partial_frames import PartialFrames
+from offloop.worker.services import ServiceRouter, ServicesFactory, ServiceTable, rename
 
 __all__ = ["CONNECTION_SHARE", "PARTIAL_FRAMES", "WorkerServer", "build_pool"]
 
@@ -106,15 +109,15 @@ def default_calls_per_connection(workers: int, max_queued: int) -> int:
     return max(workers, -(-(workers + max_queued) // CONNECTION_SHARE))
 
 
-def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
+def build_pool(config: WorkerConfig, factory: DispatcherFactory | ServicesFactory) -> Pool:
     """The pool that ``config`` asks for, running ``factory``'s dispatcher."""
     if config.pool.kind == "thread":
         return ThreadPool(
             factory, workers=config.workers, max_queued=config.max_queued, nice=config.pool.nice
         )
     preload = ["offloop.worker.dispatch"]
-    if isinstance(factory.handler, str):
-        preload.append(factory.handler.partition(":")[0])
+    handlers = factory.handler if isinstance(factory, ServicesFactory) else (factory.handler,)
+    preload += dict.fromkeys(h.partition(":")[0] for h in handlers if isinstance(h, str))
     return ProcessPool(
         factory,
         workers=config.workers,
@@ -138,27 +141,55 @@ class WorkerServer:
         handler: the handler object, instead of importing ``config.handler``: any object
             with one method per IDL method (for a process pool it must pickle).
         pool: a pool to use instead of the one ``config`` describes (tests, embedding).
+        handlers: handler objects by service name, for the services of
+            ``config.services`` (and ``config.service``), instead of importing theirs.
 
     Raises:
-        ValueError: neither ``handler`` nor ``config.handler`` names a handler.
+        ValueError: a service has no handler (none named in ``config``, none given).
+        IdlError: the IDL does not load, or lacks a service.
     """
 
     def __init__(
-        self, config: WorkerConfig, *, handler: object | None = None, pool: Pool | None = None
+        self,
+        config: WorkerConfig,
+        *,
+        handler: object | None = None,
+        pool: Pool | None = None,
+        handlers: Mapping[str, object] | None = None,
     ) -> None:
-        if handler is None and not config.handler:
-            raise ValueError("a worker needs a handler: set handler (module:Name) or pass one")
+        objects = dict(handlers or {})
+        if handler is not None:
+            objects.setdefault(config.service, handler)
+        specs: dict[str, str | object] = {
+            name: objects.get(name) or spec for name, spec in config.handlers.items()
+        }
+        missing = [name for name, spec in specs.items() if not spec]
+        if missing:
+            raise ValueError(
+                f"a worker needs a handler for {', '.join(missing)}: set handler "
+                "(module:Name) or pass one"
+            )
         self.config = config
-        self.service: ServiceInfo = service_info(load_idl(config.idl), config.service)
-        self._factory = DispatcherFactory(
-            config.idl,
-            config.service,
-            config.handler if handler is None else handler,
-            config.protocol,
-            config.pool.kind,
-            config.workers,
-            config.limits.decode,
-            config.app_dir,
+        module = load_idl(config.idl)
+        #: The services served, and what each name a call may use means.
+        self.services = ServiceTable([service_info(module, name) for name in specs])
+        self.service: ServiceInfo = self.services.services[config.service]
+        factories = tuple(
+            DispatcherFactory(
+                config.idl,
+                name,
+                spec,
+                config.protocol,
+                config.pool.kind,
+                config.workers,
+                config.limits.decode,
+                config.app_dir,
+            )
+            for name, spec in specs.items()
+        )
+        self._factories = factories
+        self._factory: DispatcherFactory | ServicesFactory = (
+            ServicesFactory(factories) if self.services.several else factories[0]
         )
         self.pool: Pool = pool if pool is not None else build_pool(config, self._factory)
         limits = config.limits
@@ -188,7 +219,7 @@ class WorkerServer:
         self._batchers: dict[str, Batcher] = {}
         # Issue 16: async def and @inline methods run on this loop, on a handler instance of
         # this process, under an admission bound of the pool's size (see docs/worker.md).
-        self._local: Dispatcher | None = None
+        self._local: Dispatcher | ServiceRouter | None = None
         self._loop_methods: frozenset[str] = frozenset()  # async def ones (a task each)
         self._inline_methods: frozenset[str] = frozenset()  # @inline ones (answered in place)
         self._loop_admission = Limiter(
@@ -229,20 +260,24 @@ class WorkerServer:
             # Read and check the certificate files before anything starts: a bad one fails
             # start-up with the file's name and nothing to clean up.
             self._tls.append(ServerTLS(tls, "worker"))
-        batched = self._factory.batch_methods() if self.config.pool.batching else {}
-        for name, (max_batch, max_wait) in batched.items():
-            if name in self.service.methods:
-                self._batchers[name] = Batcher(
-                    functools.partial(self._run_batch, name),
-                    max_batch=max_batch,
-                    max_wait=max_wait,
-                    slots=self.pool.workers,
-                    ready=self._pool_idle,
-                )
-        # Issue 16: methods that run on the loop need the handler in this process too.
-        on_loop = self._factory.loop_methods(
-            [m for m in self.service.methods if m not in self._batchers]
-        )
+        # Batchers and loop methods by key (services.py: the method's name, or with several
+        # services Service:method).
+        on_loop: dict[str, str] = {}
+        for factory in self._factories:
+            keys = self.services.methods_of(factory.service)
+            batched = factory.batch_methods() if self.config.pool.batching else {}
+            for name, (max_batch, max_wait) in batched.items():
+                if name in keys:
+                    self._batchers[keys[name]] = Batcher(
+                        functools.partial(self._run_batch, keys[name]),
+                        max_batch=max_batch,
+                        max_wait=max_wait,
+                        slots=self.pool.workers,
+                        ready=self._pool_idle,
+                    )
+            # Issue 16: methods that run on the loop need the handler in this process too.
+            found = factory.loop_methods([m for m in keys if keys[m] not in self._batchers])
+            on_loop.update((keys[name], kind) for name, kind in found.items())
         self._loop_methods = frozenset(m for m, kind in on_loop.items() if kind == "async")
         self._inline_methods = frozenset(m for m, kind in on_loop.items() if kind == "inline")
         if on_loop:
@@ -250,7 +285,7 @@ class WorkerServer:
         await self.pool.start()
         if not listen:
             self.health.started = True
-            log.info("serving %s in memory", self.service.name)
+            log.info("serving %s in memory", ", ".join(self.services.services))
             return
         try:
             await self._listen()
@@ -283,7 +318,7 @@ class WorkerServer:
         tls_on = self.config.tls
         log.info(
             "serving %s on %s:%d (%s pool, %d workers, %s protocol%s)",
-            self.service.name,
+            ", ".join(self.services.services),
             where.host,
             self.port,
             self.config.pool.kind,
@@ -484,18 +519,24 @@ class WorkerServer:
         if header.name == CANCEL_METHOD and call.frame is not None and header.type == ONEWAY:
             conn.cancel(header.seqid)
             return
+        route = self.services.resolve(header.name)
         if conn.early_cancels and header.seqid in conn.early_cancels:
             conn.early_cancels.discard(header.seqid)  # cancelled while it was held back
-            self.metrics.observe(header.name, "cancelled", time.perf_counter() - started)
+            key = "<unknown>" if route is None else route.key
+            self.metrics.observe(key, "cancelled", time.perf_counter() - started)
             return
-        if header.name not in self.service.methods:
-            detail = f"{header.name!r} is not a method of service {self.service.name}"
+        if route is None:
+            detail = self.services.unknown(header.name)
             if header.name != PROBE_METHOD or call.frame is None:
                 log.warning("unknown method %r called by %s", header.name, conn.peer)
                 self.metrics.observe("<unknown>", "bad_request", time.perf_counter() - started)
             if header.type == CALL:  # item 27: a oneway call is never answered
                 conn.send(call.fault(FaultKind.UNKNOWN_METHOD, detail), call)
             return
+        if header.name != route.key:  # several services, or Service:method (services.py)
+            if not self.services.several:  # the dispatcher knows plain names only
+                call.job = _renamed(call.job, route.method, self._codec.protocol)
+            call.header = header = Header(route.key, header.type, header.seqid)
         if self._draining:
             self.metrics.observe(header.name, "overloaded", time.perf_counter() - started)
             if header.type == CALL:  # item 27: a oneway call is never answered
@@ -527,19 +568,25 @@ class WorkerServer:
         if call.context.request_id is not None:
             REQUEST_ID.set(call.context.request_id)  # this task's own context: its log lines
         call.started = True
+        # Issue 13: the call's server span (offloop.tracing), continuing its client's trace.
+        trace = self._call_span(conn, call, started) if tracing.ENABLED else None
+        outcome = "error"
         try:
             if call.cancelled:  # cancelled before its task began
                 raise asyncio.CancelledError
-            outcome, reply = await self._dispatch(call)
+            outcome, reply = await self._dispatch(call, trace)
             self.metrics.observe(call.header.name, outcome, time.perf_counter() - started)
             if reply is not None and call.header.type == CALL:
                 conn.send(reply, call)
         except asyncio.CancelledError:
+            outcome = "cancelled"
             if not call.cancelled:
                 raise
             # Issue 13: its client gave up; nobody waits for an answer.
             self.metrics.observe(call.header.name, "cancelled", time.perf_counter() - started)
         finally:
+            if trace is not None:
+                trace.end(outcome)
             if call.frame is not None:
                 entry = conn.calls.get(call.header.seqid)
                 if entry is not None and entry[0] is call:
@@ -565,10 +612,16 @@ class WorkerServer:
         """Run an ``@inline`` method's call right here, on the loop (issue 16): no task, no
         hand-off; it holds no admission slot, as it ends before anything else runs."""
         assert self._local is not None
+        trace = self._call_span(conn, call, started) if tracing.ENABLED else None
+        ran = time.time_ns() if trace is not None else 0
         outcome, reply = self._local.call_one(call.job)
+        if trace is not None:
+            trace.running(ran)
         self.metrics.observe(call.header.name, outcome, time.perf_counter() - started)
         if reply is not None and call.header.type == CALL:
             conn.send(reply, call)
+        if trace is not None:
+            trace.end(outcome)
 
     def _pool_idle(self) -> bool:
         """Whether a pool worker is idle: fewer jobs admitted than workers."""
@@ -592,11 +645,45 @@ class WorkerServer:
         finally:
             self._loop_admission.release()
 
-    async def _run_batch(self, method: str, frames: list[Job]) -> list[Any]:
+    async def _run_batch(self, method: str, frames: list[Any]) -> list[Any]:
         self.metrics.batch_size.labels(method).observe(len(frames))
+        if tracing.ENABLED or type(frames[0]) is tracing.Traced:
+            return await self._run_traced_batch(method, frames)
         return list(await self.pool.run(frames, timeout=self.config.limits.call_timeout))
 
-    async def _dispatch(self, call: Call) -> Reply:
+    # -- issue 13: trace context (offloop.tracing) -----------------------------------------
+
+    def _rpc_names(self, name: str) -> tuple[str, str]:
+        """The service and plain method a call's (or batcher's) name means, for spans."""
+        route = self.services.resolve(name)
+        return (self.service.name, name) if route is None else (route.service, route.method)
+
+    def _call_span(self, conn: Connection, call: Call, started: float) -> tracing.CallSpan:
+        context = call.context
+        service, method = self._rpc_names(call.header.name)
+        return tracing.call_span(
+            service, method, context.headers, started, conn.peer, context.request_id
+        )
+
+    async def _run_traced_batch(self, method: str, items: list[Any]) -> list[Any]:
+        """A batch whose calls have spans (:class:`tracing.Traced`): the batch gets a span
+        of its own, linked to each call's; each call's span gets the batch's run time."""
+        jobs = [i.payload if type(i) is tracing.Traced else i for i in items]
+        spans = [i.span if type(i) is tracing.Traced else None for i in items]
+        batch = tracing.batch_span(*self._rpc_names(method), spans)
+        try:
+            replies = await self.pool.run(Timed(jobs), timeout=self.config.limits.call_timeout)
+        except BaseException as exc:
+            batch.end(exc)
+            raise
+        batch.running(replies.started, replies.ended)
+        for span in spans:
+            if span is not None:
+                span.running(replies.started, replies.ended)
+        batch.end()
+        return list(replies)
+
+    async def _dispatch(self, call: Call, trace: tracing.CallSpan | None = None) -> Reply:
         header = call.header
 
         def fault(outcome: str, kind: FaultKind, detail: str) -> Reply:
@@ -615,10 +702,22 @@ class WorkerServer:
             timeout = min(timeout, left)
         try:
             if header.name in self._loop_methods:
+                if trace is not None:
+                    ran = time.time_ns()
+                    try:
+                        return await self._run_on_loop(call, timeout)
+                    finally:
+                        trace.running(ran)
                 return await self._run_on_loop(call, timeout)
             batcher = self._batchers.get(header.name)
             if batcher is not None:
-                reply: Reply = await batcher.submit(call.job)
+                job = call.job if trace is None else tracing.Traced(call.job, trace)
+                reply: Reply = await batcher.submit(job)
+                return reply
+            if trace is not None:  # the pool says when the call started running
+                replies = await self.pool.run(Timed([call.job]), timeout=timeout)
+                trace.running(replies.started, replies.ended)
+                (reply,) = replies
                 return reply
             (reply,) = await self.pool.run([call.job], timeout=timeout)
             return reply
@@ -634,3 +733,11 @@ class WorkerServer:
         except JobFailed as exc:  # the dispatcher itself failed: a bug, still answer the call
             log.error("%s failed in the pool: %s\n%s", header.name, exc, exc.traceback_text)
             return fault("error", FaultKind.INTERNAL, str(exc))
+
+
+def _renamed(job: Job, name: str, protocol: str) -> Job:
+    """``job`` with its method renamed ``name`` (a ``Service:method`` call of a one-service
+    worker, whose dispatcher knows the plain name; see :mod:`offloop.worker.services`)."""
+    if isinstance(job, bytes):
+        return rename(job, protocol, name)  # type: ignore[arg-type]
+    return dataclasses.replace(job, message=rename(job.message, job.protocol, name))
