@@ -114,11 +114,17 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+#: One encoder for every body: ``json.dumps`` with arguments builds a new encoder per call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def json_response(
     status: int, payload: Any, headers: list[tuple[str, str]] | None = None
 ) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    return Response(status, body, [("content-type", _JSON), *(headers or [])])
+    body = _encode_json(payload).encode()
+    if headers:
+        return Response(status, body, [("content-type", _JSON), *headers])
+    return Response(status, body, [("content-type", _JSON)])
 
 
 def _load_assets() -> dict[str, Response]:
@@ -199,7 +205,7 @@ class Gateway:
         # While every backend is at its learned limit, a call is refused before its body is
         # parsed, with one response made here (offloop.client.caller.Shedding).
         self._saturated = shedding(caller)
-        retry = [("retry-after", str(config.front.retry_after))]
+        retry = self._retry_after = [("retry-after", str(config.front.retry_after))]
         self._shed = error_response(503, AT_LIMIT, retry)
         self.metrics.track_inflight(lambda: self._calls.borrowed)
         self._idle = asyncio.Event()
@@ -476,13 +482,14 @@ class Gateway:
             args = args_from_json(method, payload)
         except LocalProtocolError as exc:
             return self.error(exc)
-        retry = [("retry-after", str(self.config.front.retry_after))]
         if self._closing:
-            return error_response(503, "gateway is shutting down", retry)
+            return error_response(503, "gateway is shutting down", self._retry_after)
         calls = self._calls
         if not calls.try_acquire():
             return error_response(
-                503, f"overloaded: {calls.borrowed} calls in flight (max_inflight)", retry
+                503,
+                f"overloaded: {calls.borrowed} calls in flight (max_inflight)",
+                self._retry_after,
             )
         self._idle.clear()
         try:

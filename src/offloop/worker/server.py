@@ -36,13 +36,13 @@ is answered at once with an ``unknown method`` fault in a header frame, not logg
 
 **Cancellation** (issue 13). A oneway header-frame message of
 :data:`~offloop.codec.call.CANCEL_METHOD` names, by its seqid, a call of the same connection
-whose client gave up (:meth:`~offloop.worker.connection.Connection.cancel`): the call's task is cancelled, so a queued
-call leaves the pool's queue or its forming batch unrun, a running process-pool call's child is
-replaced, and a thread-pool handler sees :func:`offloop.cancelled`; it is not answered
-(outcome ``cancelled``). Cancels are served as soon as they are read, never held back by the
-call bound, and a header connection at its bound is read on while what it holds back is under
-:data:`HOLD_BYTES`. A header connection that closes cancels its calls in progress the same way.
-"""
+whose client gave up (:meth:`~offloop.worker.connection.Connection.cancel`): the call's task is
+cancelled, so a queued call leaves the pool's queue or its forming batch unrun, a running
+process-pool call's child is replaced, and a thread-pool handler sees
+:func:`offloop.cancelled`; it is not answered (outcome ``cancelled``). Cancels are served as
+soon as they are read, never held back by the call bound, and a header connection at its bound
+is read on while what it holds back is under :data:`HOLD_BYTES`. A header connection that
+closes cancels its calls in progress the same way."""
 
 from __future__ import annotations
 
