@@ -37,7 +37,14 @@ from typing import Any
 
 from offloop.context import CANCEL, CancelFlag
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
-from offloop.runtime.base import JobFactory, JobFailed, JobFn, PoolStats, check_pool_bounds
+from offloop.runtime.base import (
+    JobFactory,
+    JobFailed,
+    JobFn,
+    PoolStats,
+    check_pool_bounds,
+    run_idle,
+)
 from offloop.runtime.limiter import Limiter
 
 __all__ = ["ThreadPool"]
@@ -111,6 +118,8 @@ class ThreadPool:
         max_queued: jobs that may wait for a thread (default four per worker).
         nice: niceness added to each pool thread (Linux nice is per thread), so that the
             event loop thread keeps its priority while the pool is saturated; 0 to leave it.
+        sched_idle: run pool threads under Linux's ``SCHED_IDLE`` policy instead
+            (:func:`~offloop.runtime.base.run_idle`; ``nice`` where it cannot be set).
     """
 
     def __init__(
@@ -120,11 +129,13 @@ class ThreadPool:
         workers: int,
         max_queued: int | None = None,
         nice: int = 0,
+        sched_idle: bool = False,
     ) -> None:
         self._max_queued = check_pool_bounds(workers, max_queued)
         self._factory = factory
         self._workers = workers
         self._nice = nice
+        self._sched_idle = sched_idle
         self._niceness: int | None = None  # of pool threads, set by start()
         self._fn: JobFn | None = None
         self._admission = Limiter(workers + self._max_queued, name="thread pool jobs")
@@ -206,6 +217,8 @@ class ThreadPool:
             return None
 
     def _renice(self) -> None:
+        if self._sched_idle and run_idle(threading.get_native_id()):
+            return
         if self._niceness is not None:
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._niceness)

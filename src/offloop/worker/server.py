@@ -110,7 +110,11 @@ def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
     """The pool that ``config`` asks for, running ``factory``'s dispatcher."""
     if config.pool.kind == "thread":
         return ThreadPool(
-            factory, workers=config.workers, max_queued=config.max_queued, nice=config.pool.nice
+            factory,
+            workers=config.workers,
+            max_queued=config.max_queued,
+            nice=config.pool.nice,
+            sched_idle=config.pool.sched_idle,
         )
     preload = ["offloop.worker.dispatch"]
     if isinstance(factory.handler, str):
@@ -120,6 +124,7 @@ def build_pool(config: WorkerConfig, factory: DispatcherFactory) -> Pool:
         workers=config.workers,
         max_queued=config.max_queued,
         nice=config.pool.nice,
+        sched_idle=config.pool.sched_idle,
         preload=preload,
         call_timeout=config.limits.call_timeout,
         early_kills_per_minute=config.pool.early_kills_per_minute,
