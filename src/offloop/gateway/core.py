@@ -152,7 +152,7 @@ def error_response(
 _ERROR_OPENINGS = (b'{"error":{', b'{"error": {')
 
 
-def _with_request_id(response: Response, rid: str) -> Response:
+def with_request_id(response: Response, rid: str) -> Response:
     """``response`` with an ``X-Request-Id`` header, and ``request_id`` first in its error
     body if it has one (a copy: responses may be shared, like the one for shedding). The id
     holds no character JSON escapes (:func:`~offloop.context.valid_request_id`), so it is
@@ -315,7 +315,7 @@ class Gateway:
         log_access(
             request.method, request.path, response.status, took * 1000, caller=who, request_id=rid
         )
-        return _with_request_id(response, rid)
+        return with_request_id(response, rid)
 
     def refuse_method(self, request: Request) -> Response:
         """The answer to a request whose method the HTTP server would not route to the core
@@ -327,11 +327,15 @@ class Gateway:
             # with authentication on it is the same for every path: 404 against 405 would
             # tell an anonymous client which methods exist.
             self.metrics.observe("unknown", 405, time.perf_counter() - started)
-            return self._not_allowed(request, "GET, HEAD, POST")
-        route, target = self._lookup(request)
-        response = target if isinstance(target, Response) else self._not_allowed(request, "POST")
-        self.metrics.observe(route, response.status, time.perf_counter() - started)
-        return response
+            response = self._not_allowed(request, "GET, HEAD, POST")
+        else:
+            route, target = self._lookup(request)
+            if not isinstance(target, Response):
+                target = self._not_allowed(request, "POST")
+            response = target
+            self.metrics.observe(route, response.status, time.perf_counter() - started)
+        rid = valid_request_id(request.headers.get("x-request-id")) or new_request_id()
+        return with_request_id(response, rid)
 
     async def _route(self, request: Request) -> tuple[str, Response]:
         route, target = self._lookup(request)
