@@ -36,16 +36,19 @@ PROBE_CONNECTIONS = 512
 """Most probe requests in flight: a front stalled for 2.5 s still gets every one sent."""
 
 OFFLOOP = "offloop loop gateway"
+OFFLOOP_IDLE = "offloop loop gateway, pool SCHED_IDLE"
 EXECUTOR = "Tornado + ProcessPoolExecutor"
 
 
-def _contenders(worker_port: int) -> list[tuple[str, Any]]:
+def _contenders(worker_port: int, idle_worker_port: int) -> list[tuple[str, Any]]:
     return [
         ("Tornado, work inline", baseline("tornado-inline", "tornado_inline.py")),
         (EXECUTOR, baseline("tornado-executor", "tornado_executor.py", "--workers", str(POOL))),
         ("FastAPI sync endpoint", baseline("fastapi-sync", "fastapi_sync.py")),
         (OFFLOOP, gateway("gateway-loop", worker_port, mode="loop")),
         ("offloop actor gateway", gateway("gateway-actor", worker_port, mode="actor")),
+        # Issue 16: the same worker with its pool under SCHED_IDLE instead of nice 10.
+        (OFFLOOP_IDLE, gateway("gateway-loop-idle", idle_worker_port, mode="loop")),
     ]
 
 
@@ -65,7 +68,9 @@ def run(ctx: Context) -> ScenarioResult:
         f"`ProcessPoolExecutor({POOL})`; FastAPI with a sync `def` endpoint on uvicorn (its "
         f"thread pool; `/healthz` is `async def`); the offloop gateway (uvicorn, event-loop "
         f"mode) and the offloop actor gateway, both in front of one `offloop worker --pool "
-        f"process --workers {POOL}` (its pool processes run at nice 10, the default). "
+        f"process --workers {POOL}` (its pool processes run at nice 10, the default), and the "
+        f"offloop gateway in front of the same worker run with `--sched-idle` (its pool "
+        f"processes under Linux's SCHED_IDLE policy instead of nice). "
         f"Contenders alternate within each repeat; probe and heavy clients are separate "
         f"generator processes; nothing is pinned.",
     )
@@ -81,11 +86,17 @@ def run(ctx: Context) -> ScenarioResult:
     limit = POOL / (HEAVY_MILLIS / 1000)
     raw: dict[str, Any] = {"repeats": [], "physical_limit_per_s": limit}
     with Services(ctx.log_dir(NAME)) as svcs:
-        specs = _contenders(0)
+        specs = _contenders(0, 0)
         ctx.begin(NAME, 1 + repeats * len(specs))
         ctx.step(f"{NAME}: starting servers")
-        svcs.start([worker("worker", pool="process", workers=POOL)], on_wait=ctx.tick)
-        specs = _contenders(svcs["worker"].port)
+        svcs.start(
+            [
+                worker("worker", pool="process", workers=POOL),
+                worker("worker-idle", pool="process", workers=POOL, extra=["--sched-idle"]),
+            ],
+            on_wait=ctx.tick,
+        )
+        specs = _contenders(svcs["worker"].port, svcs["worker-idle"].port)
         failed = svcs.start([spec for _, spec in specs], optional=True, on_wait=ctx.tick)
         ctx.advance()
         names = {spec.name: label for label, spec in specs}

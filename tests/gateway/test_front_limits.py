@@ -87,6 +87,9 @@ def assert_json_error(
     error = json.loads(body)["error"]
     assert error["code"] == status and error["message"], error
     assert contains.lower() in error["message"].lower(), error
+    # Every error carries a request id, in its body and its X-Request-Id header, even a
+    # refusal by the front before the request reached the gateway's core.
+    assert error["request_id"] and headers["x-request-id"] == error["request_id"], (headers, error)
     return dict(error)
 
 

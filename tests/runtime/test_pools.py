@@ -23,6 +23,7 @@ from waiting import wait_until_async
 
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
 from offloop.runtime import JobFailed, Pool, ProcessPool, ThreadPool, WorkerCrashed
+from offloop.runtime.base import run_idle
 from offloop.runtime.processpool import WorkerStartError
 from offloop.runtime.threadpool import THREAD_NAME_PREFIX
 
@@ -461,3 +462,58 @@ def test_completed_counts_only_jobs_that_ran_to_an_end(kind: str, tmp_path: Path
             await pool.close()
 
     run(test)
+
+
+# -- issue 16: pool workers run below the loop (nice, or SCHED_IDLE when asked) --------
+
+
+_LINUX_SCHED = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
+
+
+@_LINUX_SCHED
+@pytest.mark.parametrize("kind", POOLS)
+def test_sched_idle_puts_every_pool_worker_under_sched_idle(kind: str) -> None:
+    async def test() -> None:
+        pool = make_pool(kind, workers=2, nice=3, sched_idle=True)
+        await pool.start()
+        try:
+            seen = await asyncio.gather(*(pool.run(("policy", None), timeout=10) for _ in range(4)))
+        finally:
+            await pool.close()
+        assert {policy for policy, _ in seen} == {os.SCHED_IDLE}
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop's thread is left alone
+
+    asyncio.run(asyncio.wait_for(test(), 60))
+
+
+@_LINUX_SCHED
+@pytest.mark.parametrize("kind", POOLS)
+def test_without_it_pool_workers_are_niced_and_keep_the_normal_policy(kind: str) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def test() -> None:
+        pool = make_pool(kind, workers=1, nice=3)
+        await pool.start()
+        try:
+            policy, nice = await pool.run(("policy", None), timeout=10)
+        finally:
+            await pool.close()
+        assert policy == os.SCHED_OTHER
+        assert nice == min(19, base + 3)
+
+    asyncio.run(asyncio.wait_for(test(), 60))
+
+
+@_LINUX_SCHED
+def test_run_idle_changes_only_the_thread_it_names() -> None:
+    seen: list[int] = []
+
+    def body() -> None:
+        assert run_idle()
+        seen.append(os.sched_getscheduler(0))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(10)
+    assert seen == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER

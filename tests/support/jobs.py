@@ -2,7 +2,8 @@
 
 A job is a ``(command, argument)`` pair: ``("sleep", seconds)`` sleeps and returns the
 seconds, ``("gate", path)`` waits for its :class:`gates.Gate` to open and returns
-``"opened"``, ``("pid", None)`` returns the process id, ``("raise", text)`` raises
+``"opened"``, ``("pid", None)`` returns the process id, ``("policy", None)`` the running
+thread's scheduling policy and niceness, ``("raise", text)`` raises
 ValueError, anything else returns its argument.
 """
 
@@ -24,6 +25,8 @@ def run(job: tuple[str, Any]) -> Any:
         return wait_for_gate(arg)
     if command == "pid":
         return os.getpid()
+    if command == "policy":
+        return os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
     if command == "raise":
         raise ValueError(arg)
     return arg

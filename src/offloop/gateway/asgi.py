@@ -20,7 +20,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from offloop.gateway.core import Gateway, Request, Response, strip_root
+from offloop.context import new_request_id
+from offloop.gateway.core import Gateway, Request, Response, strip_root, with_request_id
 
 __all__ = ["ASGIApp"]
 
@@ -111,7 +112,8 @@ class ASGIApp:
         try:
             return await self.gateway.handle(request)
         except Exception as exc:
-            return self.gateway.error(exc, f"{request.method} {request.path}")
+            failed = self.gateway.error(exc, f"{request.method} {request.path}")
+            return with_request_id(failed, new_request_id())
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway

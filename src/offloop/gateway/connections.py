@@ -33,8 +33,9 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Final, Generic, Protocol, TypeVar
 
+from offloop.context import new_request_id
 from offloop.gateway.config import FrontConfig
-from offloop.gateway.core import Gateway, Response, error_response
+from offloop.gateway.core import Gateway, Response, error_response, with_request_id
 
 __all__ = [
     "FRONT_ROUTE",
@@ -249,9 +250,11 @@ class FrontGuard:
 
     def refusal(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
         """The raw response of a refusal by the front (JSON error body, connection closed),
-        counted in the metrics."""
+        counted in the metrics. It carries a new request id, as every error does (the
+        request's own ``X-Request-Id``, if any, was not read)."""
         self._metrics.observe(FRONT_ROUTE, status, 0.0)
-        return raw_response(error_response(status, message, list(headers)))
+        response = error_response(status, message, list(headers))
+        return raw_response(with_request_id(response, new_request_id()))
 
     # -- the sweep -----------------------------------------------------------------------
 

@@ -119,11 +119,17 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+#: One encoder for every body: ``json.dumps`` with arguments builds a new encoder per call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def json_response(
     status: int, payload: Any, headers: list[tuple[str, str]] | None = None
 ) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    return Response(status, body, [("content-type", _JSON), *(headers or [])])
+    body = _encode_json(payload).encode()
+    if headers:
+        return Response(status, body, [("content-type", _JSON), *headers])
+    return Response(status, body, [("content-type", _JSON)])
 
 
 def _load_assets() -> dict[str, Response]:
@@ -151,7 +157,7 @@ def error_response(
 _ERROR_OPENINGS = (b'{"error":{', b'{"error": {')
 
 
-def _with_request_id(response: Response, rid: str) -> Response:
+def with_request_id(response: Response, rid: str) -> Response:
     """``response`` with an ``X-Request-Id`` header, and ``request_id`` first in its error
     body if it has one (a copy: responses may be shared, like the one for shedding). The id
     holds no character JSON escapes (:func:`~offloop.context.valid_request_id`), so it is
@@ -204,7 +210,7 @@ class Gateway:
         # While every backend is at its learned limit, a call is refused before its body is
         # parsed, with one response made here (offloop.client.caller.Shedding).
         self._saturated = shedding(caller)
-        retry = [("retry-after", str(config.front.retry_after))]
+        retry = self._retry_after = [("retry-after", str(config.front.retry_after))]
         self._shed = error_response(503, AT_LIMIT, retry)
         self.metrics.track_inflight(lambda: self._calls.borrowed)
         self._idle = asyncio.Event()
@@ -328,7 +334,7 @@ class Gateway:
         )
         if trace is not None:
             trace.end(None if route in _UNROUTED else route, response.status)
-        return _with_request_id(response, rid)
+        return with_request_id(response, rid)
 
     def refuse_method(self, request: Request) -> Response:
         """The answer to a request whose method the HTTP server would not route to the core
@@ -340,11 +346,15 @@ class Gateway:
             # with authentication on it is the same for every path: 404 against 405 would
             # tell an anonymous client which methods exist.
             self.metrics.observe("unknown", 405, time.perf_counter() - started)
-            return self._not_allowed(request, "GET, HEAD, POST")
-        route, target = self._lookup(request)
-        response = target if isinstance(target, Response) else self._not_allowed(request, "POST")
-        self.metrics.observe(route, response.status, time.perf_counter() - started)
-        return response
+            response = self._not_allowed(request, "GET, HEAD, POST")
+        else:
+            route, target = self._lookup(request)
+            if not isinstance(target, Response):
+                target = self._not_allowed(request, "POST")
+            response = target
+            self.metrics.observe(route, response.status, time.perf_counter() - started)
+        rid = valid_request_id(request.headers.get("x-request-id")) or new_request_id()
+        return with_request_id(response, rid)
 
     async def _route(self, request: Request) -> tuple[str, Response]:
         route, target = self._lookup(request)
@@ -495,13 +505,14 @@ class Gateway:
             args = args_from_json(method, payload)
         except LocalProtocolError as exc:
             return self.error(exc)
-        retry = [("retry-after", str(self.config.front.retry_after))]
         if self._closing:
-            return error_response(503, "gateway is shutting down", retry)
+            return error_response(503, "gateway is shutting down", self._retry_after)
         calls = self._calls
         if not calls.try_acquire():
             return error_response(
-                503, f"overloaded: {calls.borrowed} calls in flight (max_inflight)", retry
+                503,
+                f"overloaded: {calls.borrowed} calls in flight (max_inflight)",
+                self._retry_after,
             )
         self._idle.clear()
         try:

@@ -32,8 +32,16 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
+from offloop.context import new_request_id
 from offloop.gateway.connections import FrontGuard, Phase
-from offloop.gateway.core import Gateway, Request, Response, error_response, strip_root
+from offloop.gateway.core import (
+    Gateway,
+    Request,
+    Response,
+    error_response,
+    strip_root,
+    with_request_id,
+)
 
 __all__ = ["make_application", "make_server"]
 
@@ -338,11 +346,13 @@ class _GatewayHandler(tornado.web.RequestHandler):
         self._busy()
         if status_code == 405:
             response = self.gateway.refuse_method(self._request())
-        elif status_code >= 500:
-            exc = kwargs.get("exc_info", (None, None, None))[1]
-            response = error_response(status_code, f"internal error ({type(exc).__name__})")
         else:
-            response = error_response(status_code, self._reason)
+            if status_code >= 500:
+                exc = kwargs.get("exc_info", (None, None, None))[1]
+                response = error_response(status_code, f"internal error ({type(exc).__name__})")
+            else:
+                response = error_response(status_code, self._reason)
+            response = with_request_id(response, new_request_id())
         self._write(response)
 
     def on_connection_close(self) -> None:

@@ -36,6 +36,47 @@ __all__ = ["GatewayHttpProtocol", "protocol_class"]
 log = logging.getLogger("offloop.gateway")
 
 
+class _OneWrite:
+    """The connection's transport as a response cycle sees it: the head of a response is held
+    until its body comes, so that a response is one write, one system call, not two (issue
+    16: uvicorn writes the head and the body apart). Anything else done to the transport
+    (close, abort, ...) writes a held head first, as does the response's end (a response to
+    HEAD has no body). An interim ``100 Continue`` is never held."""
+
+    __slots__ = ("_head", "_transport", "hold")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+        #: Hold the next write: set as a request's cycle begins (its first write is its head).
+        self.hold = False
+
+    def write(self, data: bytes) -> None:
+        if self.hold and data[9:10] != b"1":  # not "HTTP/1.1 100 Continue": a final head
+            self.hold = False
+            self._head = data
+            return
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        self.flush()
+        return getattr(self._transport, name)
+
+
 class _Refused(Exception):
     """Raised in a parser callback to stop parsing; the refusal is on the protocol."""
 
@@ -68,6 +109,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._one_write = _OneWrite(transport)
         self.guard.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -154,6 +196,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.guard.move(self, phase)
 
     def on_response_complete(self) -> None:
+        self._one_write.flush()  # a response without a body (HEAD) ends with its head
         super().on_response_complete()
         self._report()
 
@@ -181,6 +224,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._in_body = True
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:
+            one_write = self._one_write
+            one_write.flush()  # a head held by the cycle before (it never sent its body)
+            one_write.hold = True
+            cycle.transport = one_write  # type: ignore[assignment]
 
     def on_chunk_header(self) -> None:
         self._chunks += 1

@@ -3,6 +3,7 @@ statistics."""
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ __all__ = [
     "WorkerCrashed",
     "check_pool_bounds",
     "default_max_queued",
+    "run_idle",
 ]
 
 #: A function that runs one job: payload in, result out. Built once per worker.
@@ -159,3 +161,19 @@ class Pool(Protocol):
         Queued jobs fail with :class:`~offloop.errors.ClosedError`; running jobs get up to
         ``grace`` seconds, then are abandoned (their callers see an error).
         """
+
+
+def run_idle(tid: int = 0) -> bool:
+    """Put the calling thread (``tid`` 0) or thread ``tid`` under Linux's ``SCHED_IDLE``
+    policy: it runs only when no thread of a normal policy wants the CPU, however nice it is,
+    and a thread of a normal policy that wakes takes the CPU from it at once. Threads it
+    creates inherit the policy. Returns whether it took (False where the policy does not
+    exist or may not be set; the thread keeps its niceness then)."""
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:
+        return False
+    try:
+        os.sched_setscheduler(tid, policy, os.sched_param(0))
+    except OSError:
+        return False
+    return True

@@ -68,6 +68,7 @@ from offloop.runtime.base import (
     PoolStats,
     WorkerCrashed,
     check_pool_bounds,
+    run_idle,
 )
 from offloop.runtime.limiter import Limiter
 
@@ -150,10 +151,13 @@ def _exit_with(owner: int) -> None:
     threading.Thread(target=watch, name="offloop-owner-watch", daemon=True).start()
 
 
-def _child_main(sock: socket.socket, factory: JobFactory, nice: int, owner: int) -> None:
+def _child_main(
+    sock: socket.socket, factory: JobFactory, priority: tuple[int, bool], owner: int
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with(owner)
-    if nice:
+    nice, idle = priority
+    if not (idle and run_idle()) and nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
     try:
@@ -195,15 +199,19 @@ def _start_failure(exc: BaseException) -> tuple[str, str, BaseException | None]:
 
 
 def _child_target(
-    config: LogConfig | None, sock: socket.socket, factory: JobFactory, nice: int, owner: int
+    config: LogConfig | None,
+    sock: socket.socket,
+    factory: JobFactory,
+    priority: tuple[int, bool],
+    owner: int,
 ) -> None:
     """A child's process target: its logging set up as the parent's (same format, the
     child's name added, uncaught exceptions through the log) when the parent has an offloop
     log config, then :func:`_child_main`."""
     if config is None:
-        _child_main(sock, factory, nice, owner)
+        _child_main(sock, factory, priority, owner)
     else:
-        run_child(config, None, _child_main, sock, factory, nice, owner)
+        run_child(config, None, _child_main, sock, factory, priority, owner)
 
 
 # -- the parent side ------------------------------------------------------------------------
@@ -243,6 +251,8 @@ class ProcessPool:
         max_queued: jobs that may wait for a child (default four per worker).
         nice: niceness added to each child, so that a front on the same host keeps its
             latency while the pool saturates the cores.
+        sched_idle: run the children under Linux's ``SCHED_IDLE`` policy instead
+            (:func:`~offloop.runtime.base.run_idle`; ``nice`` where it cannot be set).
         start_method: ``multiprocessing`` start method; ``forkserver`` (default) forks each
             child from a clean server process with ``preload`` imported.
         preload: modules the fork server imports once, so children start in milliseconds.
@@ -266,6 +276,7 @@ class ProcessPool:
         workers: int,
         max_queued: int | None = None,
         nice: int = 10,
+        sched_idle: bool = False,
         start_method: str = "forkserver",
         preload: Sequence[str] = (),
         start_timeout: float = 60.0,
@@ -290,7 +301,7 @@ class ProcessPool:
         self._start_attempts = start_attempts
         self._factory = factory
         self._workers = workers
-        self._nice = nice
+        self._priority = (nice, sched_idle)
         self._ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver" and preload:
             self._ctx.set_forkserver_preload(list(preload))
@@ -357,7 +368,7 @@ class ProcessPool:
                 self._log_config or installed_config(),
                 child_sock,
                 self._factory,
-                self._nice,
+                self._priority,
                 os.getpid(),
             ),
             daemon=True,

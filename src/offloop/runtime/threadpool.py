@@ -26,19 +26,25 @@ the caller as :class:`~offloop.runtime.base.JobFailed`.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from offloop.context import CANCEL, CancelFlag
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
-from offloop.runtime.base import JobFactory, JobFailed, JobFn, PoolStats, check_pool_bounds
+from offloop.runtime.base import (
+    JobFactory,
+    JobFailed,
+    JobFn,
+    PoolStats,
+    check_pool_bounds,
+    run_idle,
+)
 from offloop.runtime.limiter import Limiter
 
 __all__ = ["ThreadPool"]
@@ -50,42 +56,57 @@ log = logging.getLogger("offloop.runtime")
 THREAD_NAME_PREFIX = "offloop-pool"
 
 
-@dataclass(eq=False, slots=True)
-class _Item:
-    """One piece of work on the queue.
+#: An item's states. Moves happen under the pool's lock: QUEUED to RUNNING (a thread took
+#: it) or to DROPPED (its caller gave up, or the pool closed, before a thread took it);
+#: RUNNING to DONE.
+_QUEUED, _RUNNING, _DROPPED, _DONE = range(4)
 
-    ``future`` is the thread side's state: ``cancel()`` succeeds only while the item is
-    queued, and its done callbacks run exactly once, whether it ran or was cancelled.
-    ``waiter`` is what the caller awaits on the loop. ``job`` is false for the start-up
-    item, which holds no admission slot and is not counted as busy.
+
+class _Item:
+    """One piece of work on the queue: the call to make, the future its caller awaits on the
+    loop (``waiter``), its state, and its cancel flag. ``job`` is false for the start-up item,
+    which holds no admission slot and is not counted as busy.
+
+    Issue 16: a job's hand-off is this one object and one loop future. A
+    ``concurrent.futures.Future`` (a condition and its lock), two done callbacks, and the
+    futures of ``wait_for`` and ``shield`` each job used to make were a third of a light call's
+    cost in the pool.
     """
 
-    call: Callable[[], Any]
-    future: concurrent.futures.Future[Any]
-    waiter: asyncio.Future[Any]
-    job: bool = True
-    ran: bool = False  # counted as busy: uncounted when its slot goes back
-    #: Set when its caller gives up (cancelled, or timed out): the running job sees it as
-    #: :data:`offloop.context.CANCEL` (issue 13, cancellation).
-    cancel: CancelFlag = field(default_factory=CancelFlag)
+    __slots__ = ("call", "cancel", "job", "loop", "state", "waiter")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        call: Callable[[], Any],
+        *,
+        job: bool = True,
+    ) -> None:
+        self.call = call
+        self.loop = loop
+        self.waiter: asyncio.Future[Any] = loop.create_future()
+        self.job = job
+        self.state = _QUEUED
+        #: Set when its caller gives up (cancelled, or timed out): the running job sees it as
+        #: :data:`offloop.context.CANCEL` (issue 13, cancellation).
+        self.cancel = CancelFlag()
 
 
-def _pass_on(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], future: Any) -> None:
-    """Hand a finished (or cancelled) item's outcome to its waiter, on the waiter's loop."""
-    # A closed loop raises RuntimeError: a job left behind at close, and nobody waits.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_settle, waiter, future)
-
-
-def _settle(waiter: asyncio.Future[Any], future: concurrent.futures.Future[Any]) -> None:
-    if waiter.done():  # already failed by close(), or its caller gave up
+def _settle(waiter: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Hand a finished item's outcome to its waiter, on the waiter's loop."""
+    if waiter.done():  # its caller gave up, or close() failed it
         return
-    if future.cancelled():  # only close() cancels an item whose caller still waits
-        waiter.set_exception(ClosedError("thread pool closed before the call ran"))
-    elif (exc := future.exception()) is not None:
-        waiter.set_exception(exc)
+    if ok:
+        waiter.set_result(value)
     else:
-        waiter.set_result(future.result())
+        waiter.set_exception(value)
+
+
+def _expire(item: _Item, pool: ThreadPool, timeout: float) -> None:
+    """``item``'s time ran out (a timer on the loop): its caller hears it now."""
+    if not item.waiter.done():
+        item.waiter.set_exception(DeadlineExceeded(f"call did not finish within {timeout:.3g} s"))
+    pool._give_up(item)
 
 
 class ThreadPool:
@@ -97,6 +118,8 @@ class ThreadPool:
         max_queued: jobs that may wait for a thread (default four per worker).
         nice: niceness added to each pool thread (Linux nice is per thread), so that the
             event loop thread keeps its priority while the pool is saturated; 0 to leave it.
+        sched_idle: run pool threads under Linux's ``SCHED_IDLE`` policy instead
+            (:func:`~offloop.runtime.base.run_idle`; ``nice`` where it cannot be set).
     """
 
     def __init__(
@@ -106,11 +129,13 @@ class ThreadPool:
         workers: int,
         max_queued: int | None = None,
         nice: int = 0,
+        sched_idle: bool = False,
     ) -> None:
         self._max_queued = check_pool_bounds(workers, max_queued)
         self._factory = factory
         self._workers = workers
         self._nice = nice
+        self._sched_idle = sched_idle
         self._niceness: int | None = None  # of pool threads, set by start()
         self._fn: JobFn | None = None
         self._admission = Limiter(workers + self._max_queued, name="thread pool jobs")
@@ -145,7 +170,8 @@ class ThreadPool:
         self._started = True
         self._niceness = self._thread_niceness()
         loop = asyncio.get_running_loop()
-        boot = self._submit(loop, self._boot, holds_slot=False)
+        boot = _Item(loop, self._boot, job=False)
+        self._queue.put(boot)
         try:
             self._start_thread()
             await boot.waiter
@@ -174,18 +200,6 @@ class ThreadPool:
         for _ in range(self._workers):
             self._queue.put(None)
 
-    def _submit(
-        self, loop: asyncio.AbstractEventLoop, call: Callable[[], Any], *, holds_slot: bool
-    ) -> _Item:
-        item = _Item(call, concurrent.futures.Future(), loop.create_future(), holds_slot)
-        if holds_slot:
-            # Exactly once: when the job returns, or when it is dropped from the queue. Before
-            # the waiter hears of it, so that a caller who got a result finds the slot free.
-            item.future.add_done_callback(lambda _future: self._release(item))
-        item.future.add_done_callback(lambda future: _pass_on(loop, item.waiter, future))
-        self._queue.put(item)
-        return item
-
     def _thread_niceness(self) -> int | None:
         """The niceness of pool threads: the starting thread's plus ``nice`` (as the process
         pool's ``os.nice()``), or None to leave it.
@@ -203,6 +217,8 @@ class ThreadPool:
             return None
 
     def _renice(self) -> None:
+        if self._sched_idle and run_idle(threading.get_native_id()):
+            return
         if self._niceness is not None:
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._niceness)
@@ -219,40 +235,42 @@ class ThreadPool:
             del item
 
     def _run_item(self, item: _Item) -> None:
-        if not item.future.set_running_or_notify_cancel():
-            return  # dropped while queued; its slot went back then
         if not item.job:
             self._run_boot(item)
             return
         with self._lock:
+            if item.state != _QUEUED:
+                return  # dropped while queued; its slot went back then
+            item.state = _RUNNING
             self._busy += 1
-            item.ran = True
         token = CANCEL.set(item.cancel)  # offloop.cancelled() in the handler
         try:
-            result = item.call()
+            value, ok = item.call(), True
         except BaseException as exc:  # the thread must survive; the caller gets the error
-            self._ran_to_end()
-            item.future.set_exception(exc)
-        else:
-            self._ran_to_end()
-            item.future.set_result(result)
+            value, ok = exc, False
         finally:
             CANCEL.reset(token)
-        # Busy falls with the slot, in _release (a done callback that runs before the one that
-        # hands the outcome to its waiter): a caller who has the result finds the job counted
-        # neither busy nor admitted, and one who sees busy fall finds room.
-
-    def _ran_to_end(self) -> None:
-        """Item 5: count a job whose function returned or raised (``PoolStats.completed``)."""
+        # Slot and busy go back before the waiter hears of it: a caller who has the result
+        # finds the job counted neither busy nor admitted, and one who sees busy fall finds
+        # room.
         with self._lock:
-            self._completed += 1
+            item.state = _DONE
+            self._busy -= 1
+            self._completed += 1  # item 5: PoolStats.completed
+        self._admission.release()
+        # A closed loop raises RuntimeError: a job left behind at close, and nobody waits.
+        with contextlib.suppress(RuntimeError):
+            item.loop.call_soon_threadsafe(_settle, item.waiter, ok, value)
+        del value
 
     @staticmethod
     def _run_boot(item: _Item) -> None:
         try:
-            item.future.set_result(item.call())
+            value, ok = item.call(), True
         except BaseException as exc:  # the factory failed: start() raises it
-            item.future.set_exception(exc)
+            value, ok = exc, False
+        with contextlib.suppress(RuntimeError):
+            item.loop.call_soon_threadsafe(_settle, item.waiter, ok, value)
 
     def _call(self, payload: Any) -> Any:
         assert self._fn is not None
@@ -261,41 +279,36 @@ class ThreadPool:
         except BaseException as exc:  # even SystemExit: a job must not stop the server
             raise JobFailed.from_exception(exc) from exc
 
-    def _release(self, item: _Item) -> None:
-        """An admitted job is done, or dropped from the queue: its slot goes back, and, if it
-        ran, it stops counting as busy (slot first: who sees busy fall finds room)."""
-        self._admission.release()
-        if item.ran:
-            with self._lock:
-                self._busy -= 1
-
     async def run(self, payload: Any, *, timeout: float) -> Any:
         if self._closed or self._fn is None:
             raise ClosedError("thread pool is closed")
         if not self._admission.try_acquire():
             raise Overloaded(f"{self._workers} threads busy and {self._max_queued} calls queued")
-        item = self._submit(
-            asyncio.get_running_loop(), lambda: self._call(payload), holds_slot=True
-        )
+        loop = asyncio.get_running_loop()
+        item = _Item(loop, functools.partial(self._call, payload))
         self._jobs.add(item)
+        self._queue.put(item)
+        timer = loop.call_later(timeout, _expire, item, self, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.waiter), timeout)
-        except TimeoutError:
-            self._give_up(item)
-            raise DeadlineExceeded(f"call did not finish within {timeout:.3g} s") from None
+            return await item.waiter
         except asyncio.CancelledError:
             self._give_up(item)
             raise
         finally:
+            timer.cancel()
             self._jobs.discard(item)
 
-    @staticmethod
-    def _give_up(item: _Item) -> None:
+    def _give_up(self, item: _Item) -> None:
+        """``item``'s caller gave up (cancelled, or its time ran out): a queued job is dropped
+        and its slot goes back; a running one sees its cancel flag and keeps its slot until
+        it returns."""
         item.cancel.set()  # a running job sees it: offloop.cancelled(), check_deadline()
-        item.future.cancel()  # drops the job if it has not started
-        # Nobody will read the outcome: without this, an error would be logged as never
-        # retrieved (the shield stops passing it on once its caller left).
-        item.waiter.cancel()
+        with self._lock:
+            dropped = item.state == _QUEUED
+            if dropped:
+                item.state = _DROPPED
+        if dropped:
+            self._admission.release()
 
     def stats(self) -> PoolStats:
         admission = self._admission.stats()
@@ -326,7 +339,14 @@ class ThreadPool:
             return
         self._closed = True
         for item in self._jobs:
-            item.future.cancel()  # succeeds for queued jobs only
+            with self._lock:
+                dropped = item.state == _QUEUED
+                if dropped:
+                    item.state = _DROPPED
+            if dropped:
+                self._admission.release()
+                if not item.waiter.done():
+                    item.waiter.set_exception(ClosedError("thread pool closed before the call ran"))
         self._stop_threads()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace

@@ -38,6 +38,10 @@ class PoolConfig:
             GIL (numpy, torch, I/O).
         workers: pool size; 0 for one per core.
         nice: niceness added to pool processes and threads (0 to 19).
+        sched_idle: run pool processes and threads under Linux's ``SCHED_IDLE`` policy
+            instead of ``nice``: they get a core only when the worker's loop (and anything
+            else on the host at a normal policy) does not want it, and give it up the moment
+            it does. Stronger than nice 19; a pool on a host busy with other work may starve.
         batching: whether calls of ``@batched`` handler methods are merged into batches;
             when off, each call is a batch of one.
         early_kills_per_minute: process pool: how often a child may be killed (and
@@ -49,6 +53,7 @@ class PoolConfig:
     kind: PoolKind = field(default="process", metadata={"flag": "pool"})
     workers: int = 0
     nice: int = 10
+    sched_idle: bool = False
     batching: bool = True
     early_kills_per_minute: float = 6.0
 

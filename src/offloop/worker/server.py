@@ -36,13 +36,13 @@ is answered at once with an ``unknown method`` fault in a header frame, not logg
 
 **Cancellation** (issue 13). A oneway header-frame message of
 :data:`~offloop.codec.call.CANCEL_METHOD` names, by its seqid, a call of the same connection
-whose client gave up (:meth:`~offloop.worker.connection.Connection.cancel`): the call's task is cancelled, so a queued
-call leaves the pool's queue or its forming batch unrun, a running process-pool call's child is
-replaced, and a thread-pool handler sees :func:`offloop.cancelled`; it is not answered
-(outcome ``cancelled``). Cancels are served as soon as they are read, never held back by the
-call bound, and a header connection at its bound is read on while what it holds back is under
-:data:`HOLD_BYTES`. A header connection that closes cancels its calls in progress the same way.
-"""
+whose client gave up (:meth:`~offloop.worker.connection.Connection.cancel`): the call's task is
+cancelled, so a queued call leaves the pool's queue or its forming batch unrun, a running
+process-pool call's child is replaced, and a thread-pool handler sees
+:func:`offloop.cancelled`; it is not answered (outcome ``cancelled``). Cancels are served as
+soon as they are read, never held back by the call bound, and a header connection at its bound
+is read on while what it holds back is under :data:`HOLD_BYTES`. A header connection that
+closes cancels its calls in progress the same way."""
 
 from __future__ import annotations
 
@@ -113,7 +113,11 @@ def build_pool(config: WorkerConfig, factory: DispatcherFactory | ServicesFactor
     """The pool that ``config`` asks for, running ``factory``'s dispatcher."""
     if config.pool.kind == "thread":
         return ThreadPool(
-            factory, workers=config.workers, max_queued=config.max_queued, nice=config.pool.nice
+            factory,
+            workers=config.workers,
+            max_queued=config.max_queued,
+            nice=config.pool.nice,
+            sched_idle=config.pool.sched_idle,
         )
     preload = ["offloop.worker.dispatch"]
     handlers = factory.handler if isinstance(factory, ServicesFactory) else (factory.handler,)
@@ -123,6 +127,7 @@ def build_pool(config: WorkerConfig, factory: DispatcherFactory | ServicesFactor
         workers=config.workers,
         max_queued=config.max_queued,
         nice=config.pool.nice,
+        sched_idle=config.pool.sched_idle,
         preload=preload,
         call_timeout=config.limits.call_timeout,
         early_kills_per_minute=config.pool.early_kills_per_minute,
