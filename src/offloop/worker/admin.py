@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from offloop.worker.health import Verdict
+from offloop.tls import ServerTLS, WorkerTLSConfig
+from offloop.worker.config import AdminConfig
+from offloop.worker.health import Verdict, WorkerHealth
 
 __all__ = ["AdminServer"]
 
@@ -106,3 +109,31 @@ class AdminServer:
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
         verdict = probe()
         return (200 if verdict.ok else 503), "text/plain", verdict.reason.encode() + b"\n"
+
+
+async def start_admin(
+    admin: AdminConfig, tls: WorkerTLSConfig, registry: CollectorRegistry, health: WorkerHealth
+) -> tuple[AdminServer, int, ServerTLS | None]:
+    """Start a worker's admin port as ``admin`` says: its metrics in ``registry``, its probes
+    from ``health``. With ``admin.tls`` it serves the worker's certificate (``tls``) and asks
+    for no client certificate (probes and scrapers present none).
+
+    Returns:
+        The server, its port, and the certificate source it uses (to close with the worker)
+        or None.
+    """
+    server = AdminServer(registry, live=health.live, ready=health.ready)
+    if not admin.tls:
+        return server, await server.start(admin.host, admin.port or 0), None
+    source = ServerTLS(dataclasses.replace(tls, client_ca=None), "admin")
+    try:
+        port = await server.start(
+            admin.host,
+            admin.port or 0,
+            tls=source.front_door(),
+            handshake_timeout=tls.handshake_timeout,
+        )
+    except BaseException:
+        source.close()
+        raise
+    return server, port, source

@@ -54,8 +54,8 @@ _CANCEL_NAME = CANCEL_METHOD.encode()
 
 
 def _maybe_cancel(frame: bytes) -> bool:
-    """A cheap first look: whether ``frame`` may be a cancel (:meth:`WorkerServer.is_cancel`
-    tells)."""
+    """A cheap first look: whether ``frame`` may be a cancel
+    (:meth:`~offloop.worker.call_reader.CallReader.is_cancel` tells)."""
     return len(frame) <= _CANCEL_FRAME_MAX and _CANCEL_NAME in frame
 
 
@@ -134,7 +134,7 @@ class Connection(asyncio.Protocol):
         cancels: list[bytes] = []
         try:
             for frame in self._decoder.frames():
-                if self.header and _maybe_cancel(frame) and server.is_cancel(frame):
+                if self.header and _maybe_cancel(frame) and server.reader.is_cancel(frame):
                     cancels.append(frame)  # issue 13: served now, never held back
                 else:
                     self._pending.append(frame)

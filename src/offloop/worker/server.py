@@ -57,29 +57,22 @@ from typing import Any
 from offloop import tracing
 from offloop.codec.call import CANCEL_METHOD, PROBE_METHOD
 from offloop.codec.faults import FaultKind
-from offloop.codec.header import (
-    HeaderError,
-    HeaderLimits,
-    HeaderParts,
-    decode_header_frame,
-    is_header_frame,
-    split_header_frame,
-)
-from offloop.codec.message import CALL, ONEWAY, Header, MessageCodec
-from offloop.context import PRINCIPAL_HEADER, REQUEST_ID, CallContext
-from offloop.errors import ClosedError, DeadlineExceeded, Overloaded, RemoteProtocolError
+from offloop.codec.message import CALL, ONEWAY, Header
+from offloop.context import REQUEST_ID, CallContext
+from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
 from offloop.idl import ServiceInfo, load_idl, service_info
 from offloop.runtime.base import JobFailed, Pool, WorkerCrashed
 from offloop.runtime.limiter import Limiter
 from offloop.runtime.processpool import ProcessPool
 from offloop.runtime.threadpool import ThreadPool
 from offloop.tls import ServerTLS, TLSConfigError
-from offloop.worker.admin import AdminServer
+from offloop.worker.admin import AdminServer, start_admin
 from offloop.worker.batcher import Batcher
+from offloop.worker.call_reader import CallReader
 from offloop.worker.config import WorkerConfig
 from offloop.worker.connection import Call, Connection, PlainConnection
-from offloop.worker.dispatch import CallJob, Dispatcher, DispatcherFactory, Job, Reply, Timed
-from offloop.worker.handshake import TLSListener, listening_socket, plaintext_reply
+from offloop.worker.dispatch import Dispatcher, DispatcherFactory, Job, Reply, Timed
+from offloop.worker.handshake import TLSListener, listening_socket
 from offloop.worker.health import WorkerHealth
 from offloop.worker.metrics import ConnectionStats, WorkerMetrics
 from offloop.worker.partial_frames import PartialFrames
@@ -203,15 +196,14 @@ class WorkerServer:
             default_calls_per_connection(config.workers, config.max_queued)
         )
         self.metrics = WorkerMetrics(self.pool.stats, connections=self._connection_stats)
-        self._codec = MessageCodec(config.protocol, config.limits.decode)
-        # Header frames name their protocol: a codec for each.
-        self._codecs = {
-            "binary": MessageCodec("binary", config.limits.decode),
-            "compact": MessageCodec("compact", config.limits.decode),
-        }
-        self._codecs[config.protocol] = self._codec
-        # A compressed call may inflate to what an uncompressed one may be.
-        self._header_limits = HeaderLimits(max_decompressed_size=config.limits.max_frame_size)
+        #: Reads each frame's call (framed or THeader, its context) off a connection.
+        self.reader = CallReader(
+            config.protocol,
+            config.limits.decode,
+            config.limits.max_frame_size,
+            trust_principal=config.trusts_principal,
+            protocol_error=self.protocol_error,
+        )
         self._connections: set[Connection] = set()
         #: Frames not yet whole, of all connections: counted, timed and shed.
         self.partials = PartialFrames(
@@ -231,9 +223,6 @@ class WorkerServer:
             config.workers + config.max_queued, name="calls on the worker's loop"
         )
         self._server: asyncio.Server | None = None
-        # Item 2: whether calls' offloop-principal header is believed (mutual TLS or
-        # trust_principal); otherwise handlers see no principal.
-        self._trust_principal = config.trusts_principal
         #: The TLS port's listener and certificates, and the admin port's (tls settings).
         self._tls_listener: TLSListener | None = None
         self._tls: list[ServerTLS] = []
@@ -301,24 +290,12 @@ class WorkerServer:
             self._tls.clear()
             raise
         self.health.started = True
-        admin = self.config.admin
-        if admin.port is not None:
-            self._admin = AdminServer(
-                self.metrics.registry, live=self.health.live, ready=self.health.ready
+        if self.config.admin.port is not None:
+            self._admin, self.admin_port, admin_tls = await start_admin(
+                self.config.admin, self.config.tls, self.metrics.registry, self.health
             )
-            tls = self.config.tls
-            if admin.tls:
-                # Probes and scrapers present no client certificate: none is asked for.
-                source = ServerTLS(dataclasses.replace(tls, client_ca=None), "admin")
-                self._tls.append(source)
-                self.admin_port = await self._admin.start(
-                    admin.host,
-                    admin.port,
-                    tls=source.front_door(),
-                    handshake_timeout=tls.handshake_timeout,
-                )
-            else:
-                self.admin_port = await self._admin.start(admin.host, admin.port)
+            if admin_tls is not None:
+                self._tls.append(admin_tls)
         where = self.config.listen
         tls_on = self.config.tls
         log.info(
@@ -351,9 +328,7 @@ class WorkerServer:
             source,
             tls,
             lambda: Connection(self),
-            plaintext_reply=functools.partial(
-                plaintext_reply, codecs=self._codecs, framed=self._codec, limits=self._header_limits
-            ),
+            plaintext_reply=self.reader.plaintext_reply,
             max_frame_size=self.config.limits.max_frame_size,
             on_error=lambda reason: self.metrics.protocol_errors.labels(reason).inc(),
         )
@@ -456,63 +431,9 @@ class WorkerServer:
         admission = self.pool.stats().admission
         return admission is not None and admission.borrowed >= admission.limit
 
-    def _read_call(self, conn: Connection, body: bytes) -> Call | None:
-        """The call of a frame ``body``, in the framing of ``conn``; None (and ``conn``
-        closed) for a frame that is not one."""
-        header_frame = is_header_frame(body)
-        if conn.header is None:
-            conn.header = header_frame
-        elif conn.header is not header_frame:
-            kinds = ("a framed message", "a THeader frame")
-            self.protocol_error(
-                conn,
-                "mixed_framing",
-                f"{kinds[header_frame]} on a connection that began with {kinds[conn.header]}",
-            )
-            return None
-        frame: HeaderParts | None = None
-        codec = self._codec
-        context = _NO_CONTEXT
-        message = body
-        if header_frame:
-            try:
-                # Its parts, not a HeaderFrame: this runs for every call (issue 13's cost).
-                frame = split_header_frame(body, self._header_limits)
-            except HeaderError as exc:
-                self.protocol_error(conn, "header", str(exc))
-                return None
-            protocol, _, _, _, info, message = frame
-            codec = self._codecs[protocol.codec_name]
-            if info:
-                context = CallContext.from_headers(info, time.monotonic())
-                if context.principal is not None and not self._trust_principal:
-                    context = self._without_principal(conn, context)
-        try:
-            header = codec.read_header(message)
-        except RemoteProtocolError as exc:
-            self.protocol_error(conn, "garbage", str(exc))
-            return None
-        job: Job = message
-        if frame is not None and (context is not _NO_CONTEXT or codec is not self._codec):
-            job = CallJob(message, codec.protocol, context)
-        return Call(header, codec, frame, context, job)
-
-    def _without_principal(self, conn: Connection, context: CallContext) -> CallContext:
-        """Item 2: ``context`` without the principal an untrusted peer sent (the header
-        is dropped from its headers too); logged once per connection."""
-        if not conn.principal_ignored:
-            conn.principal_ignored = True
-            log.debug(
-                "ignoring offloop-principal from %s: the worker does not trust its peers "
-                "(no tls_client_ca, trust_principal off)",
-                conn.peer,
-            )
-        headers = {k: v for k, v in context.headers.items() if k != PRINCIPAL_HEADER}
-        return dataclasses.replace(context, principal=None, headers=headers)
-
     def on_frame(self, conn: Connection, body: bytes, *, refuse: bool = False) -> None:
         started = time.perf_counter()
-        call = self._read_call(conn, body)
+        call = self.reader.read(conn, body)
         if call is None:
             return
         header = call.header
@@ -540,7 +461,7 @@ class WorkerServer:
             return
         if header.name != route.key:  # several services, or Service:method (services.py)
             if not self.services.several:  # the dispatcher knows plain names only
-                call.job = _renamed(call.job, route.method, self._codec.protocol)
+                call.job = _renamed(call.job, route.method, self.reader.codec.protocol)
             call.header = header = Header(route.key, header.type, header.seqid)
         if self._draining:
             self.metrics.observe(header.name, "overloaded", time.perf_counter() - started)
@@ -597,21 +518,6 @@ class WorkerServer:
                 if entry is not None and entry[0] is call:
                     del conn.calls[call.header.seqid]
             conn.call_done()  # may dispatch this connection's next frame
-
-    # -- issue 13: cancellation ----------------------------------------------------------
-
-    def is_cancel(self, body: bytes) -> bool:
-        """Whether the frame ``body`` is a cancel message (looked at only when its connection
-        is at its call bound; a frame that is not one, or not even valid, is left for
-        :meth:`on_frame` to handle in turn)."""
-        if not is_header_frame(body):
-            return False
-        try:
-            frame = decode_header_frame(body, self._header_limits)
-            header = self._codecs[frame.protocol.codec_name].read_header(frame.payload)
-        except (HeaderError, RemoteProtocolError):
-            return False
-        return header.name == CANCEL_METHOD and header.type == ONEWAY
 
     def _answer_inline(self, conn: Connection, call: Call, started: float) -> None:
         """Run an ``@inline`` method's call right here, on the loop (issue 16): no task, no
