@@ -14,6 +14,8 @@ from collections.abc import Callable
 import pytest
 from gateway_stack import Stack, worker_config
 
+from offloop.gateway.uvicorn_protocol import _OneWrite
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -102,3 +104,45 @@ def test_pipelined_requests_get_whole_responses_in_order(stack: Stack) -> None:
             assert response.startswith(b"HTTP/1.1 200"), response
             assert response.endswith(f'"{message}"}}'.encode()), response
         assert not buffer
+
+
+class _Recorder:
+    """A transport that records each write and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_the_uvicorn_front_writes_a_head_and_its_body_at_once() -> None:
+    recorder = _Recorder()
+    out = _OneWrite(recorder)  # type: ignore[arg-type]
+    out.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # interim: never held
+    assert recorder.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    out.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert len(recorder.writes) == 1  # the head waits for its body
+    out.write(b"{}")
+    assert recorder.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    out.write(b"more")  # what follows the head is never held
+    assert recorder.writes[-1] == b"more"
+
+
+def test_a_held_head_goes_out_before_anything_else_is_done() -> None:
+    recorder = _Recorder()
+    out = _OneWrite(recorder)  # type: ignore[arg-type]
+    out.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    assert not out.is_closing()  # any other use of the transport writes the head first
+    assert recorder.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"]
+    out = _OneWrite(recorder)  # type: ignore[arg-type]
+    out.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    out.close()
+    assert recorder.writes[-1] == b"HTTP/1.1 200 OK\r\n\r\n" and recorder.closed

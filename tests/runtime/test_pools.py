@@ -25,7 +25,8 @@ from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
 from offloop.runtime import JobFailed, Pool, ProcessPool, ThreadPool, WorkerCrashed
 from offloop.runtime.base import run_idle
 from offloop.runtime.processpool import WorkerStartError
-from offloop.runtime.threadpool import THREAD_NAME_PREFIX
+from offloop.runtime.threadpool import THREAD_NAME_PREFIX, max_dropped_jobs
+from offloop.worker.config import PoolConfig
 
 POOLS = ("thread", "process")
 #: Seconds a test waits for a state it expects (bounds a hang, not a speed claim).
@@ -241,6 +242,40 @@ def test_queued_jobs_given_up_give_their_slot_back_at_once(kind: str, tmp_path: 
             assert await running == "opened"
             assert await queued == "queued"
             assert borrowed() == 0
+        finally:
+            await pool.close()
+
+    run(test)
+
+
+def test_jobs_given_up_behind_a_stuck_thread_are_bounded_too(tmp_path: Path) -> None:
+    """A dropped job's slot goes back at once, but the job leaves the queue only when a thread
+    reaches it: behind a thread that does not return, such jobs are bounded as well (admission
+    is refused past max_dropped_jobs of them), and they hold no payload."""
+
+    async def test() -> None:
+        pool = ThreadPool(jobs.factory, workers=1, max_queued=1)
+        await pool.start()
+        try:
+            with Gate(tmp_path) as gate:
+                running = asyncio.ensure_future(pool.run(gate.job, timeout=30))
+                await wait_until_async(lambda: busy_and_queued(pool) == (1, 0), WAIT)
+                refused = 0
+                bound = max_dropped_jobs(2)
+                for _ in range(bound + 20):
+                    try:
+                        await pool.run(("echo", b"x" * 100_000), timeout=0.001)
+                    except DeadlineExceeded:
+                        pass
+                    except Overloaded as exc:
+                        assert "given up" in str(exc)
+                        refused += 1
+                assert refused >= 20
+                assert pool._queue.qsize() <= bound + 2
+            assert await running == "opened"
+            # Once the thread is back, the dropped jobs leave the queue and calls are served.
+            await wait_until_async(lambda: pool._queue.qsize() == 0, WAIT)
+            assert await pool.run(("echo", "after"), timeout=10) == "after"
         finally:
             await pool.close()
 
@@ -471,10 +506,9 @@ _LINUX_SCHED = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux s
 
 
 @_LINUX_SCHED
-@pytest.mark.parametrize("kind", POOLS)
-def test_sched_idle_puts_every_pool_worker_under_sched_idle(kind: str) -> None:
+def test_sched_idle_puts_every_process_pool_worker_under_sched_idle() -> None:
     async def test() -> None:
-        pool = make_pool(kind, workers=2, nice=3, sched_idle=True)
+        pool = ProcessPool(jobs.factory, preload=["jobs"], workers=2, nice=3, sched_idle=True)
         await pool.start()
         try:
             seen = await asyncio.gather(*(pool.run(("policy", None), timeout=10) for _ in range(4)))
@@ -484,6 +518,13 @@ def test_sched_idle_puts_every_pool_worker_under_sched_idle(kind: str) -> None:
         assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop's thread is left alone
 
     asyncio.run(asyncio.wait_for(test(), 60))
+
+
+def test_sched_idle_is_refused_for_the_thread_pool() -> None:
+    # Its threads share the GIL with the loop: the loop would wait on a starved thread.
+    with pytest.raises(ValueError, match="sched_idle is for the process pool"):
+        PoolConfig(kind="thread", sched_idle=True)
+    assert PoolConfig(kind="process", sched_idle=True).sched_idle
 
 
 @_LINUX_SCHED

@@ -75,6 +75,11 @@ class FakeServer:
         self.received: list[int] = []  # seqids in the order calls arrived
         self.replied: list[int] = []  # seqids in the order replies were sent
         self.late_replies = 0  # replies sent to sleep() calls
+        #: Answer sleep() at once but in two parts: its first 12 bytes now, the rest when
+        #: :meth:`send_rest` is called (a late reply split across reads).
+        self.split_sleep = False
+        self.first_part_sent = False
+        self._rest: tuple[asyncio.Transport, bytes] | None = None
         self.reading = True
         self._transports: set[asyncio.Transport] = set()
         self._protocols: set[_FakeProtocol] = set()
@@ -97,6 +102,13 @@ class FakeServer:
         self.reading = True
         for t in self._transports:
             t.resume_reading()
+
+    def send_rest(self) -> None:
+        """Send the rest of a split sleep() reply (see ``split_sleep``)."""
+        assert self._rest is not None
+        transport, rest = self._rest
+        self._rest = None
+        transport.write(rest)
 
     async def stop(self) -> None:
         for h in self._timers:
@@ -167,6 +179,19 @@ class _FakeProtocol(asyncio.Protocol):
         result = method.result_cls()
         if header.name == "sleep":
             result.success = float(args.millis)
+            if server.split_sleep:
+                assert self.transport is not None and self.header is not None
+                reply = HeaderFrame(
+                    protocol=self.header.protocol,
+                    seqid=seqid,
+                    payload=codec.encode_reply("sleep", seqid, result),
+                )
+                data = encode_header_frame(reply)
+                server.late_replies += 1
+                server._rest = (self.transport, data[12:])
+                self.transport.write(data[:12])
+                server.first_part_sent = True
+                return
 
             def late() -> None:
                 server._timers.discard(handle)

@@ -293,6 +293,8 @@ class BlockingClient:
             headers = outgoing_headers(deadline - now, now)
         frame = calls.frame_message(message, seqid, headers)
         if give_up is not None and give_up.is_set:
+            if decoder.buffered:
+                self.reset()  # part of a late reply is read: the rest would pass for a frame
             raise self._given_up_error(method)
         self._send(sock, method, frame, deadline)
         if method.oneway:
@@ -538,7 +540,7 @@ class BlockingClient:
                     public_message="bad reply from backend",
                 ) from exc
             if give_up is not None and give_up.is_set and header:
-                self._cancel(sock, seqid)
+                self._give_up(sock, seqid, decoder)
                 raise ClosedError(
                     f"call of {method.name} to {self._peer} given up by its caller: cancelled",
                     public_message="call given up",
@@ -553,7 +555,7 @@ class BlockingClient:
                 chunk = sock.recv(_RECV_SIZE)
             except TimeoutError as exc:
                 if header:
-                    self._cancel(sock, seqid)
+                    self._give_up(sock, seqid, decoder)
                 else:
                     self.reset()
                 raise DeadlineExceeded(
@@ -566,6 +568,16 @@ class BlockingClient:
                 self.reset()
                 raise self._lost(method, None)
             decoder.feed(chunk)
+
+    def _give_up(self, sock: socket.socket, seqid: int, decoder: FrameDecoder) -> None:
+        """Give up the call ``seqid``: cancel it and keep the connection, whose late reply is
+        dropped when it comes; but when part of a frame is already read (its decoder goes
+        with this call), reset the connection instead, or the rest of that frame would be
+        read as the start of the next one (closing it cancels the call on the worker too)."""
+        if decoder.buffered:
+            self.reset()
+        else:
+            self._cancel(sock, seqid)
 
     def _lost(self, method: MethodInfo, exc: OSError | None) -> Exception:
         if self._closed:

@@ -304,13 +304,14 @@ class Gateway:
         started = time.perf_counter()
         rid = valid_request_id(request.headers.get("x-request-id")) or new_request_id()
         token = REQUEST_ID.set(rid)
-        # Issue 13: the request's server span (offloop.tracing), current while it is served.
-        trace = (
-            tracing.http_span(request.method, request.path, request.headers, request.client, rid)
-            if tracing.ENABLED and request.path not in _UNTRACED
-            else None
-        )
+        trace: tracing.HttpSpan | None = None
         try:
+            # Issue 13: the request's server span (offloop.tracing), current while it is
+            # served; made inside the try, so that a failing tracer is answered like a bug.
+            if tracing.ENABLED and request.path not in _UNTRACED:
+                trace = tracing.http_span(
+                    request.method, request.path, request.headers, request.client, rid
+                )
             if self._door.active:
                 route, response, caller = await self._door.serve(request, self._route)
             else:  # no authentication, caller limits or CORS: one await less per request

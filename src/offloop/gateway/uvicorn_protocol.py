@@ -37,23 +37,23 @@ log = logging.getLogger("offloop.gateway")
 
 
 class _OneWrite:
-    """The connection's transport as a response cycle sees it: the head of a response is held
-    until its body comes, so that a response is one write, one system call, not two (issue
-    16: uvicorn writes the head and the body apart). Anything else done to the transport
-    (close, abort, ...) writes a held head first, as does the response's end (a response to
-    HEAD has no body). An interim ``100 Continue`` is never held."""
+    """A response cycle's transport: the head of its response is held until its body comes,
+    so that the response is one write, one system call, not two (issue 16: uvicorn writes the
+    head and the body apart). One per cycle, for a request that is not ``HEAD``: uvicorn then
+    always writes the body after the head (an empty one too), and anything else done to the
+    transport (close, abort, ...) writes a held head first. An interim ``100 Continue`` is
+    never held."""
 
-    __slots__ = ("_head", "_transport", "hold")
+    __slots__ = ("_head", "_hold", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._head: bytes | None = None
-        #: Hold the next write: set as a request's cycle begins (its first write is its head).
-        self.hold = False
+        self._hold = True
 
     def write(self, data: bytes) -> None:
-        if self.hold and data[9:10] != b"1":  # not "HTTP/1.1 100 Continue": a final head
-            self.hold = False
+        if self._hold and data[9:10] != b"1":  # not "HTTP/1.1 100 Continue": the head
+            self._hold = False
             self._head = data
             return
         head = self._head
@@ -109,7 +109,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._one_write = _OneWrite(transport)
         self.guard.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -196,7 +195,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.guard.move(self, phase)
 
     def on_response_complete(self) -> None:
-        self._one_write.flush()  # a response without a body (HEAD) ends with its head
         super().on_response_complete()
         self._report()
 
@@ -225,11 +223,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_body = True
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.transport is self.transport:
-            one_write = self._one_write
-            one_write.flush()  # a head held by the cycle before (it never sent its body)
-            one_write.hold = True
-            cycle.transport = one_write  # type: ignore[assignment]
+        if (
+            cycle is not None
+            and cycle.transport is self.transport
+            and cycle.scope["method"] != "HEAD"
+        ):
+            cycle.transport = _OneWrite(self.transport)  # type: ignore[assignment]
 
     def on_chunk_header(self) -> None:
         self._chunks += 1

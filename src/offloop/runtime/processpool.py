@@ -157,7 +157,7 @@ def _child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with(owner)
     nice, idle = priority
-    if not (idle and run_idle()) and nice:
+    if nice and not idle:
         with contextlib.suppress(OSError):
             os.nice(nice)
     try:
@@ -165,6 +165,11 @@ def _child_main(
     except BaseException as exc:
         _send_msg(sock, (_READY_ID, False, _start_failure(exc)))
         return
+    # SCHED_IDLE once the handler is built: its start-up (imports, a model) is not starved
+    # on a busy host; nice where the policy cannot be set.
+    if idle and not run_idle() and nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     _send_msg(sock, (_READY_ID, True, os.getpid()))
     while True:
         head = _recv_exact(sock, 4)

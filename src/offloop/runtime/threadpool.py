@@ -43,11 +43,10 @@ from offloop.runtime.base import (
     JobFn,
     PoolStats,
     check_pool_bounds,
-    run_idle,
 )
 from offloop.runtime.limiter import Limiter
 
-__all__ = ["ThreadPool"]
+__all__ = ["ThreadPool", "max_dropped_jobs"]
 
 log = logging.getLogger("offloop.runtime")
 
@@ -92,6 +91,18 @@ class _Item:
         self.cancel = CancelFlag()
 
 
+def max_dropped_jobs(slots: int) -> int:
+    """Jobs given up while queued that may wait on the queue for a thread to skip them:
+    behind threads that do not return (a stuck handler), past this many, calls are refused
+    as overloaded. Each holds about 300 bytes (its payload is let go when it is dropped)."""
+    return max(1024, 4 * slots)
+
+
+def _dropped_call() -> None:
+    """What a dropped item calls instead of its job: never called (a thread skips it)."""
+    raise AssertionError("a dropped job was run")
+
+
 def _settle(waiter: asyncio.Future[Any], ok: bool, value: Any) -> None:
     """Hand a finished item's outcome to its waiter, on the waiter's loop."""
     if waiter.done():  # its caller gave up, or close() failed it
@@ -118,8 +129,6 @@ class ThreadPool:
         max_queued: jobs that may wait for a thread (default four per worker).
         nice: niceness added to each pool thread (Linux nice is per thread), so that the
             event loop thread keeps its priority while the pool is saturated; 0 to leave it.
-        sched_idle: run pool threads under Linux's ``SCHED_IDLE`` policy instead
-            (:func:`~offloop.runtime.base.run_idle`; ``nice`` where it cannot be set).
     """
 
     def __init__(
@@ -129,22 +138,23 @@ class ThreadPool:
         workers: int,
         max_queued: int | None = None,
         nice: int = 0,
-        sched_idle: bool = False,
     ) -> None:
         self._max_queued = check_pool_bounds(workers, max_queued)
         self._factory = factory
         self._workers = workers
         self._nice = nice
-        self._sched_idle = sched_idle
         self._niceness: int | None = None  # of pool threads, set by start()
         self._fn: JobFn | None = None
         self._admission = Limiter(workers + self._max_queued, name="thread pool jobs")
         # Unbounded as a type, bounded in fact: it holds admitted jobs (the limiter's slots),
-        # one start-up item and one stop sentinel per thread.
+        # dropped ones (their payloads let go; at most max_dropped_jobs: see run), one
+        # start-up item and one stop sentinel per thread.
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._jobs: set[_Item] = set()  # jobs whose caller waits, for close() to fail
         self._busy = 0
+        self._dropped = 0  # items dropped while queued and still on the queue
+        self._max_dropped = max_dropped_jobs(workers + self._max_queued)
         self._completed = 0  # jobs that ran to an end (PoolStats.completed)
         self._lock = threading.Lock()
         self._started = False
@@ -217,8 +227,6 @@ class ThreadPool:
             return None
 
     def _renice(self) -> None:
-        if self._sched_idle and run_idle(threading.get_native_id()):
-            return
         if self._niceness is not None:
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._niceness)
@@ -240,7 +248,8 @@ class ThreadPool:
             return
         with self._lock:
             if item.state != _QUEUED:
-                return  # dropped while queued; its slot went back then
+                self._dropped -= 1  # dropped while queued; its slot went back then
+                return
             item.state = _RUNNING
             self._busy += 1
         token = CANCEL.set(item.cancel)  # offloop.cancelled() in the handler
@@ -250,14 +259,14 @@ class ThreadPool:
             value, ok = exc, False
         finally:
             CANCEL.reset(token)
-        # Slot and busy go back before the waiter hears of it: a caller who has the result
+        # Slot, then busy, go back before the waiter hears of it: a caller who has the result
         # finds the job counted neither busy nor admitted, and one who sees busy fall finds
         # room.
+        self._admission.release()
         with self._lock:
             item.state = _DONE
             self._busy -= 1
             self._completed += 1  # item 5: PoolStats.completed
-        self._admission.release()
         # A closed loop raises RuntimeError: a job left behind at close, and nobody waits.
         with contextlib.suppress(RuntimeError):
             item.loop.call_soon_threadsafe(_settle, item.waiter, ok, value)
@@ -284,6 +293,13 @@ class ThreadPool:
             raise ClosedError("thread pool is closed")
         if not self._admission.try_acquire():
             raise Overloaded(f"{self._workers} threads busy and {self._max_queued} calls queued")
+        if self._dropped >= self._max_dropped:
+            # Calls given up while queued leave the queue only when a thread reaches them:
+            # behind threads that do not return, they are bounded too.
+            self._admission.release()
+            raise Overloaded(
+                f"{self._dropped} calls given up wait to leave the queue behind busy threads"
+            )
         loop = asyncio.get_running_loop()
         item = _Item(loop, functools.partial(self._call, payload))
         self._jobs.add(item)
@@ -307,7 +323,9 @@ class ThreadPool:
             dropped = item.state == _QUEUED
             if dropped:
                 item.state = _DROPPED
+                self._dropped += 1
         if dropped:
+            item.call = _dropped_call  # its payload is let go now, not when a thread comes
             self._admission.release()
 
     def stats(self) -> PoolStats:
@@ -343,7 +361,9 @@ class ThreadPool:
                 dropped = item.state == _QUEUED
                 if dropped:
                     item.state = _DROPPED
+                    self._dropped += 1
             if dropped:
+                item.call = _dropped_call
                 self._admission.release()
                 if not item.waiter.done():
                     item.waiter.set_exception(ClosedError("thread pool closed before the call ran"))

@@ -38,10 +38,12 @@ class PoolConfig:
             GIL (numpy, torch, I/O).
         workers: pool size; 0 for one per core.
         nice: niceness added to pool processes and threads (0 to 19).
-        sched_idle: run pool processes and threads under Linux's ``SCHED_IDLE`` policy
-            instead of ``nice``: they get a core only when the worker's loop (and anything
-            else on the host at a normal policy) does not want it, and give it up the moment
-            it does. Stronger than nice 19; a pool on a host busy with other work may starve.
+        sched_idle: process pool: run pool processes under Linux's ``SCHED_IDLE`` policy
+            instead of ``nice`` (once their handler is built): they get a core only when the
+            worker's loop (and anything else on the host at a normal policy) does not want
+            it, and give it up the moment it does. Stronger than nice 19; a pool on a host
+            busy with other work may starve. Not for the thread pool: its threads share the
+            GIL with the loop, which would wait on a thread the kernel starves.
         batching: whether calls of ``@batched`` handler methods are merged into batches;
             when off, each call is a batch of one.
         early_kills_per_minute: process pool: how often a child may be killed (and
@@ -64,6 +66,11 @@ class PoolConfig:
             raise ValueError("workers must be >= 0 (0: one per core)")
         if not 0 <= self.nice <= 19:
             raise ValueError("nice must be between 0 and 19")
+        if self.sched_idle and self.kind == "thread":
+            raise ValueError(
+                "sched_idle is for the process pool: thread-pool threads share the GIL with "
+                "the worker's loop, which would wait on a thread the kernel starves"
+            )
         if not 0 <= self.early_kills_per_minute <= 60_000:
             raise ValueError("early_kills_per_minute must be between 0 and 60000")
 

@@ -110,7 +110,6 @@ def build_pool(config: WorkerConfig, factory: DispatcherFactory | ServicesFactor
             workers=config.workers,
             max_queued=config.max_queued,
             nice=config.pool.nice,
-            sched_idle=config.pool.sched_idle,
         )
     preload = ["offloop.worker.dispatch"]
     handlers = factory.handler if isinstance(factory, ServicesFactory) else (factory.handler,)
@@ -494,10 +493,12 @@ class WorkerServer:
         if call.context.request_id is not None:
             REQUEST_ID.set(call.context.request_id)  # this task's own context: its log lines
         call.started = True
-        # Issue 13: the call's server span (offloop.tracing), continuing its client's trace.
-        trace = self._call_span(conn, call, started) if tracing.ENABLED else None
+        trace: tracing.CallSpan | None = None
         outcome = "error"
         try:
+            # Issue 13: the call's server span (offloop.tracing), continuing its client's
+            # trace; made inside the try, so that a failing tracer cannot leak the call.
+            trace = self._call_span(conn, call, started) if tracing.ENABLED else None
             if call.cancelled:  # cancelled before its task began
                 raise asyncio.CancelledError
             outcome, reply = await self._dispatch(call, trace)

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import socket
+import sys
+import termios
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -231,6 +234,50 @@ def test_a_reply_that_comes_after_the_cancel_is_dropped() -> None:
             await fake.stop()
 
     run(main())
+
+
+def test_a_late_reply_split_across_reads_is_never_taken_for_the_next_calls() -> None:
+    """Part of a reply is read when its call is given up: the rest, coming later, must not be
+    read as a frame of its own (its bytes would pass for a length). The connection is reset."""
+
+    async def main() -> None:
+        fake = await FakeServer().start()
+        fake.split_sleep = True
+        client = BlockingClient("127.0.0.1", fake.port, ClientConfig())
+        try:
+            give_up = GiveUp()
+            call = asyncio.ensure_future(
+                asyncio.to_thread(
+                    client.call, SLEEP, SLEEP.args_cls(millis=1), time.monotonic() + FAR, FAR,
+                    give_up=give_up,
+                )
+            )  # fmt: skip
+            await wait_until_async(lambda: fake.first_part_sent, WAIT)
+            sock = client._sock
+            assert sock is not None
+            # The client has read the reply's first part: nothing is left in its socket.
+            await wait_until_async(lambda: _unread(sock) == 0, WAIT)
+            give_up.set()
+            with pytest.raises(ClosedError):
+                await call
+            fake.send_rest()
+            for text in ("one", "two"):
+                value = await asyncio.to_thread(
+                    client.call, PING, PING.args_cls(msg=text), time.monotonic() + FAR, FAR
+                )
+                assert value == text
+            assert fake.accepted == 2  # reset, not kept: the rest of that reply went with it
+        finally:
+            client.close()
+            await fake.stop()
+
+    run(main())
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes in ``sock``'s receive queue that nobody has read yet."""
+    raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(raw, sys.byteorder)
 
 
 def test_a_framed_connection_cannot_cancel_and_waits_for_the_reply(tmp_path: Path) -> None:
