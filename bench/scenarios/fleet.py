@@ -73,7 +73,8 @@ def run(ctx: Context) -> ScenarioResult:
         f"{HOSTS} simulated hosts (tests/support/fleet.py): network namespaces on a bridge, "
         f"each running `offloop worker --pool process --workers 1` capped at {CPU} CPU "
         "(cgroup v1 cfs quota), one A record each in dnsmasq (TTL 1 s); one `offloop gateway "
-        f"--backend dns://BRIDGE:53/NAME:9090` in the root namespace. Load: closed-loop HTTP "
+        "--backend dns://10.213.7.1:53/workers.fleet.test:9090` in the root namespace "
+        "(10.213.7.1: the bridge, in a free /24 of 10.213.0.0/16). Load: closed-loop HTTP "
         f"callers on keep-alive connections: {CALLERS_PER_HOST} per host of `burn({BURN_MS})` "
         f"for scale-out, {MIXED_CALLERS} of `ping` and `parse` (half each) for the rest; "
         "`ping` is idempotent, deadlines 10 s (3 s when a host is lost).",
