@@ -26,24 +26,19 @@ the caller as :class:`~offloop.runtime.base.JobFailed`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from offloop.context import CANCEL, CancelFlag
 from offloop.errors import ClosedError, DeadlineExceeded, Overloaded
-from offloop.runtime.base import (
-    JobFactory,
-    JobFailed,
-    JobFn,
-    PoolStats,
-    check_pool_bounds,
-)
+from offloop.runtime.base import JobFactory, JobFailed, JobFn, PoolStats, check_pool_bounds
 from offloop.runtime.limiter import Limiter
 
 __all__ = ["ThreadPool", "max_dropped_jobs"]
@@ -55,69 +50,54 @@ log = logging.getLogger("offloop.runtime")
 THREAD_NAME_PREFIX = "offloop-pool"
 
 
-#: An item's states. Moves happen under the pool's lock: QUEUED to RUNNING (a thread took
-#: it) or to DROPPED (its caller gave up, or the pool closed, before a thread took it);
-#: RUNNING to DONE.
-_QUEUED, _RUNNING, _DROPPED, _DONE = range(4)
-
-
+@dataclass(eq=False, slots=True)
 class _Item:
-    """One piece of work on the queue: the call to make, the future its caller awaits on the
-    loop (``waiter``), its state, and its cancel flag. ``job`` is false for the start-up item,
-    which holds no admission slot and is not counted as busy.
+    """One piece of work on the queue.
 
-    Issue 16: a job's hand-off is this one object and one loop future. A
-    ``concurrent.futures.Future`` (a condition and its lock), two done callbacks, and the
-    futures of ``wait_for`` and ``shield`` each job used to make were a third of a light call's
-    cost in the pool.
+    ``future`` is the thread side's state: ``cancel()`` succeeds only while the item is
+    queued, and its done callbacks run exactly once, whether it ran or was cancelled.
+    ``waiter`` is what the caller awaits on the loop. ``job`` is false for the start-up
+    item, which holds no admission slot and is not counted as busy.
     """
 
-    __slots__ = ("call", "cancel", "job", "loop", "state", "waiter")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        call: Callable[[], Any],
-        *,
-        job: bool = True,
-    ) -> None:
-        self.call = call
-        self.loop = loop
-        self.waiter: asyncio.Future[Any] = loop.create_future()
-        self.job = job
-        self.state = _QUEUED
-        #: Set when its caller gives up (cancelled, or timed out): the running job sees it as
-        #: :data:`offloop.context.CANCEL` (issue 13, cancellation).
-        self.cancel = CancelFlag()
+    call: Callable[[], Any]
+    future: concurrent.futures.Future[Any]
+    waiter: asyncio.Future[Any]
+    job: bool = True
+    ran: bool = False  # counted as busy: uncounted when its slot goes back
+    #: Set when its caller gives up (cancelled, or timed out): the running job sees it as
+    #: :data:`offloop.context.CANCEL` (issue 13, cancellation).
+    cancel: CancelFlag = field(default_factory=CancelFlag)
 
 
 def max_dropped_jobs(slots: int) -> int:
     """Jobs given up while queued that may wait on the queue for a thread to skip them:
     behind threads that do not return (a stuck handler), past this many, calls are refused
-    as overloaded. Each holds about 300 bytes (its payload is let go when it is dropped)."""
+    as overloaded. Each holds little (its payload is let go when it is dropped)."""
     return max(1024, 4 * slots)
 
 
 def _dropped_call() -> None:
-    """What a dropped item calls instead of its job: never called (a thread skips it)."""
+    """What a dropped item holds instead of its job: never called (its future is cancelled)."""
     raise AssertionError("a dropped job was run")
 
 
-def _settle(waiter: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    """Hand a finished item's outcome to its waiter, on the waiter's loop."""
-    if waiter.done():  # its caller gave up, or close() failed it
+def _pass_on(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], future: Any) -> None:
+    """Hand a finished (or cancelled) item's outcome to its waiter, on the waiter's loop."""
+    # A closed loop raises RuntimeError: a job left behind at close, and nobody waits.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, waiter, future)
+
+
+def _settle(waiter: asyncio.Future[Any], future: concurrent.futures.Future[Any]) -> None:
+    if waiter.done():  # already failed by close(), or its caller gave up
         return
-    if ok:
-        waiter.set_result(value)
+    if future.cancelled():  # only close() cancels an item whose caller still waits
+        waiter.set_exception(ClosedError("thread pool closed before the call ran"))
+    elif (exc := future.exception()) is not None:
+        waiter.set_exception(exc)
     else:
-        waiter.set_exception(value)
-
-
-def _expire(item: _Item, pool: ThreadPool, timeout: float) -> None:
-    """``item``'s time ran out (a timer on the loop): its caller hears it now."""
-    if not item.waiter.done():
-        item.waiter.set_exception(DeadlineExceeded(f"call did not finish within {timeout:.3g} s"))
-    pool._give_up(item)
+        waiter.set_result(future.result())
 
 
 class ThreadPool:
@@ -153,7 +133,7 @@ class ThreadPool:
         self._threads: list[threading.Thread] = []
         self._jobs: set[_Item] = set()  # jobs whose caller waits, for close() to fail
         self._busy = 0
-        self._dropped = 0  # items dropped while queued and still on the queue
+        self._dropped = 0  # jobs dropped while queued and still on the queue
         self._max_dropped = max_dropped_jobs(workers + self._max_queued)
         self._completed = 0  # jobs that ran to an end (PoolStats.completed)
         self._lock = threading.Lock()
@@ -180,8 +160,7 @@ class ThreadPool:
         self._started = True
         self._niceness = self._thread_niceness()
         loop = asyncio.get_running_loop()
-        boot = _Item(loop, self._boot, job=False)
-        self._queue.put(boot)
+        boot = self._submit(loop, self._boot, holds_slot=False)
         try:
             self._start_thread()
             await boot.waiter
@@ -209,6 +188,18 @@ class ThreadPool:
         # per worker, not per thread started: a start-up cut short may still be starting some.
         for _ in range(self._workers):
             self._queue.put(None)
+
+    def _submit(
+        self, loop: asyncio.AbstractEventLoop, call: Callable[[], Any], *, holds_slot: bool
+    ) -> _Item:
+        item = _Item(call, concurrent.futures.Future(), loop.create_future(), holds_slot)
+        if holds_slot:
+            # Exactly once: when the job returns, or when it is dropped from the queue. Before
+            # the waiter hears of it, so that a caller who got a result finds the slot free.
+            item.future.add_done_callback(lambda _future: self._release(item))
+        item.future.add_done_callback(lambda future: _pass_on(loop, item.waiter, future))
+        self._queue.put(item)
+        return item
 
     def _thread_niceness(self) -> int | None:
         """The niceness of pool threads: the starting thread's plus ``nice`` (as the process
@@ -243,43 +234,43 @@ class ThreadPool:
             del item
 
     def _run_item(self, item: _Item) -> None:
+        if not item.future.set_running_or_notify_cancel():
+            if item.job:
+                with self._lock:
+                    self._dropped -= 1  # dropped while queued; its slot went back then
+            return
         if not item.job:
             self._run_boot(item)
             return
         with self._lock:
-            if item.state != _QUEUED:
-                self._dropped -= 1  # dropped while queued; its slot went back then
-                return
-            item.state = _RUNNING
             self._busy += 1
+            item.ran = True
         token = CANCEL.set(item.cancel)  # offloop.cancelled() in the handler
         try:
-            value, ok = item.call(), True
+            result = item.call()
         except BaseException as exc:  # the thread must survive; the caller gets the error
-            value, ok = exc, False
+            self._ran_to_end()
+            item.future.set_exception(exc)
+        else:
+            self._ran_to_end()
+            item.future.set_result(result)
         finally:
             CANCEL.reset(token)
-        # Slot, then busy, go back before the waiter hears of it: a caller who has the result
-        # finds the job counted neither busy nor admitted, and one who sees busy fall finds
-        # room.
-        self._admission.release()
+        # Busy falls with the slot, in _release (a done callback that runs before the one that
+        # hands the outcome to its waiter): a caller who has the result finds the job counted
+        # neither busy nor admitted, and one who sees busy fall finds room.
+
+    def _ran_to_end(self) -> None:
+        """Item 5: count a job whose function returned or raised (``PoolStats.completed``)."""
         with self._lock:
-            item.state = _DONE
-            self._busy -= 1
-            self._completed += 1  # item 5: PoolStats.completed
-        # A closed loop raises RuntimeError: a job left behind at close, and nobody waits.
-        with contextlib.suppress(RuntimeError):
-            item.loop.call_soon_threadsafe(_settle, item.waiter, ok, value)
-        del value
+            self._completed += 1
 
     @staticmethod
     def _run_boot(item: _Item) -> None:
         try:
-            value, ok = item.call(), True
+            item.future.set_result(item.call())
         except BaseException as exc:  # the factory failed: start() raises it
-            value, ok = exc, False
-        with contextlib.suppress(RuntimeError):
-            item.loop.call_soon_threadsafe(_settle, item.waiter, ok, value)
+            item.future.set_exception(exc)
 
     def _call(self, payload: Any) -> Any:
         assert self._fn is not None
@@ -288,45 +279,50 @@ class ThreadPool:
         except BaseException as exc:  # even SystemExit: a job must not stop the server
             raise JobFailed.from_exception(exc) from exc
 
+    def _release(self, item: _Item) -> None:
+        """An admitted job is done, or dropped from the queue: its slot goes back, and, if it
+        ran, it stops counting as busy (slot first: who sees busy fall finds room)."""
+        self._admission.release()
+        if item.ran:
+            with self._lock:
+                self._busy -= 1
+
     async def run(self, payload: Any, *, timeout: float) -> Any:
         if self._closed or self._fn is None:
             raise ClosedError("thread pool is closed")
         if not self._admission.try_acquire():
             raise Overloaded(f"{self._workers} threads busy and {self._max_queued} calls queued")
         if self._dropped >= self._max_dropped:
-            # Calls given up while queued leave the queue only when a thread reaches them:
+            # Jobs given up while queued leave the queue only when a thread reaches them:
             # behind threads that do not return, they are bounded too.
             self._admission.release()
             raise Overloaded(
                 f"{self._dropped} calls given up wait to leave the queue behind busy threads"
             )
-        loop = asyncio.get_running_loop()
-        item = _Item(loop, functools.partial(self._call, payload))
+        item = self._submit(
+            asyncio.get_running_loop(), lambda: self._call(payload), holds_slot=True
+        )
         self._jobs.add(item)
-        self._queue.put(item)
-        timer = loop.call_later(timeout, _expire, item, self, timeout)
         try:
-            return await item.waiter
+            return await asyncio.wait_for(asyncio.shield(item.waiter), timeout)
+        except TimeoutError:
+            self._give_up(item)
+            raise DeadlineExceeded(f"call did not finish within {timeout:.3g} s") from None
         except asyncio.CancelledError:
             self._give_up(item)
             raise
         finally:
-            timer.cancel()
             self._jobs.discard(item)
 
     def _give_up(self, item: _Item) -> None:
-        """``item``'s caller gave up (cancelled, or its time ran out): a queued job is dropped
-        and its slot goes back; a running one sees its cancel flag and keeps its slot until
-        it returns."""
         item.cancel.set()  # a running job sees it: offloop.cancelled(), check_deadline()
-        with self._lock:
-            dropped = item.state == _QUEUED
-            if dropped:
-                item.state = _DROPPED
+        if item.future.cancel():  # drops the job if it has not started
+            with self._lock:
                 self._dropped += 1
-        if dropped:
             item.call = _dropped_call  # its payload is let go now, not when a thread comes
-            self._admission.release()
+        # Nobody will read the outcome: without this, an error would be logged as never
+        # retrieved (the shield stops passing it on once its caller left).
+        item.waiter.cancel()
 
     def stats(self) -> PoolStats:
         admission = self._admission.stats()
@@ -357,16 +353,10 @@ class ThreadPool:
             return
         self._closed = True
         for item in self._jobs:
-            with self._lock:
-                dropped = item.state == _QUEUED
-                if dropped:
-                    item.state = _DROPPED
+            if item.future.cancel():  # succeeds for queued jobs only
+                with self._lock:
                     self._dropped += 1
-            if dropped:
                 item.call = _dropped_call
-                self._admission.release()
-                if not item.waiter.done():
-                    item.waiter.set_exception(ClosedError("thread pool closed before the call ran"))
         self._stop_threads()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
