@@ -73,7 +73,7 @@ class _Item:
 def max_dropped_jobs(slots: int) -> int:
     """Jobs given up while queued that may wait on the queue for a thread to skip them:
     behind threads that do not return (a stuck handler), past this many, calls are refused
-    as overloaded. Each holds about a kilobyte (its payload is let go when it is dropped)."""
+    as overloaded. Each holds about 2 KiB (its payload is let go when it is dropped)."""
     return max(1024, 4 * slots)
 
 
