@@ -77,6 +77,7 @@ __all__ = [
     "deadline",
     "new_request_id",
     "outgoing_headers",
+    "request_id_for",
     "time_left",
     "valid_request_id",
 ]
@@ -170,6 +171,12 @@ def _new_id_prefix() -> None:
 
 
 os.register_at_fork(after_in_child=_new_id_prefix)
+
+
+def request_id_for(value: str | None) -> str:
+    """The id of a request whose ``X-Request-Id`` is ``value``: it, if acceptable
+    (:func:`valid_request_id`), else a new one."""
+    return valid_request_id(value) or new_request_id()
 
 
 def new_request_id() -> str:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from offloop.context import new_request_id, valid_request_id
+from offloop.context import request_id_for
 from offloop.gateway.core import Gateway, Request, Response, strip_root, with_request_id
 
 __all__ = ["ASGIApp"]
@@ -113,7 +113,7 @@ class ASGIApp:
             return await self.gateway.handle(request)
         except Exception as exc:
             failed = self.gateway.error(exc, f"{request.method} {request.path}")
-            rid = valid_request_id(request.headers.get("x-request-id")) or new_request_id()
+            rid = request_id_for(request.headers.get("x-request-id"))
             return with_request_id(failed, rid)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from offloop import tracing
 from offloop.client.caller import AT_LIMIT, Caller, shedding
 from offloop.codec.jsonmap import JsonMappingError, args_from_json, parse_json, result_to_json
-from offloop.context import REQUEST_ID, new_request_id, valid_request_id
+from offloop.context import REQUEST_ID, request_id_for
 from offloop.errors import (
     LocalProtocolError,
     OffloopError,
@@ -302,7 +302,7 @@ class Gateway:
         the response's ``X-Request-Id`` and as ``request_id`` in an error body.
         """
         started = time.perf_counter()
-        rid = valid_request_id(request.headers.get("x-request-id")) or new_request_id()
+        rid = request_id_for(request.headers.get("x-request-id"))
         token = REQUEST_ID.set(rid)
         trace: tracing.HttpSpan | None = None
         try:
@@ -354,7 +354,7 @@ class Gateway:
                 target = self._not_allowed(request, "POST")
             response = target
             self.metrics.observe(route, response.status, time.perf_counter() - started)
-        rid = valid_request_id(request.headers.get("x-request-id")) or new_request_id()
+        rid = request_id_for(request.headers.get("x-request-id"))
         return with_request_id(response, rid)
 
     async def _route(self, request: Request) -> tuple[str, Response]:

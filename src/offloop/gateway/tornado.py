@@ -32,7 +32,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
-from offloop.context import new_request_id, valid_request_id
+from offloop.context import request_id_for
 from offloop.gateway.connections import FrontGuard, Phase
 from offloop.gateway.core import (
     Gateway,
@@ -352,7 +352,7 @@ class _GatewayHandler(tornado.web.RequestHandler):
                 response = error_response(status_code, f"internal error ({type(exc).__name__})")
             else:
                 response = error_response(status_code, self._reason)
-            rid = valid_request_id(self.request.headers.get("X-Request-Id")) or new_request_id()
+            rid = request_id_for(self.request.headers.get("X-Request-Id"))
             response = with_request_id(response, rid)
         self._write(response)
 

@@ -314,12 +314,18 @@ class ThreadPool:
         finally:
             self._jobs.discard(item)
 
-    def _give_up(self, item: _Item) -> None:
-        item.cancel.set()  # a running job sees it: offloop.cancelled(), check_deadline()
-        if item.future.cancel():  # drops the job if it has not started
+    def _drop(self, item: _Item) -> None:
+        """Drop ``item`` from the queue if it has not started (its slot goes back through
+        its future's callback), letting go of its payload now rather than when a thread
+        reaches it."""
+        if item.future.cancel():  # succeeds for queued jobs only
             with self._lock:
                 self._dropped += 1
-            item.call = _dropped_call  # its payload is let go now, not when a thread comes
+            item.call = _dropped_call
+
+    def _give_up(self, item: _Item) -> None:
+        item.cancel.set()  # a running job sees it: offloop.cancelled(), check_deadline()
+        self._drop(item)
         # Nobody will read the outcome: without this, an error would be logged as never
         # retrieved (the shield stops passing it on once its caller left).
         item.waiter.cancel()
@@ -353,10 +359,7 @@ class ThreadPool:
             return
         self._closed = True
         for item in self._jobs:
-            if item.future.cancel():  # succeeds for queued jobs only
-                with self._lock:
-                    self._dropped += 1
-                item.call = _dropped_call
+            self._drop(item)
         self._stop_threads()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
